@@ -1,0 +1,29 @@
+# `make demo` and `make test` are all a fresh machine needs: they build .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py requirements/base.txt requirements/no-deps.txt requirements/test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/test.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements/no-deps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -m "not slow" tests
+
+demo: $(STAMP)
+	$(PY) -m zipper_jax.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info
