@@ -1,0 +1,53 @@
+"""Test set-up: 8 fake CPU devices for sharding tests (set before JAX is first imported)."""
+import os
+
+if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_force_host_platform_device_count=8').strip()
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from zipper_jax.inputs import TowerInput  # noqa: E402
+from zipper_jax.tower import TowerConfig  # noqa: E402
+from zipper_jax.zipper import Edge, Zipper, ZipperConfig  # noqa: E402
+
+TEXT = TowerConfig(vocab_size=64, num_layers=2, embed_dim=32, num_heads=4, head_dim=8, mlp_dim=64,
+                   num_kv_heads=2)
+SPEECH = TowerConfig(vocab_size=48, num_layers=3, embed_dim=24, num_heads=3, head_dim=8,
+                     mlp_dim=48)
+TWO_WAY = (Edge('text', 'speech', 1), Edge('speech', 'text', 1))
+
+
+def random_tokens(seed, shape, vocab, low=1):
+  return jnp.asarray(np.random.default_rng(seed).integers(low, vocab, shape), jnp.int32)
+
+
+def asr_inputs(batch=2, speech_length=7, text_length=5, seed=0, speech_lengths=None):
+  """Speech first, then text: text token j sits at interleaved position (#speech tokens) + j."""
+  lengths = speech_lengths if speech_lengths is not None else [speech_length] * batch
+  speech = TowerInput.from_tokens(random_tokens(seed, (batch, speech_length), SPEECH.vocab_size),
+                                  lengths=lengths)
+  text = TowerInput.from_tokens(random_tokens(seed + 1, (batch, text_length), TEXT.vocab_size),
+                                offset=jnp.asarray(lengths))
+  return {'speech': speech, 'text': text}
+
+
+def open_gates(params, value=0.5):
+  """The same parameters with every cross-attention gate set to `value` (fresh ones are 0)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.full_like(x, value) if 'gate' in jax.tree_util.keystr(path) else x,
+      params)
+
+
+def init(model, inputs, seed=0):
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), inputs))['params']
+
+
+@pytest.fixture(scope='session')
+def two_way_zipper():
+  model = Zipper(ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY))
+  return model, open_gates(init(model, asr_inputs()))

@@ -1,0 +1,137 @@
+"""Transformer layers shared by every tower and by the Zipper's cross-attention blocks.
+
+Every parameter is created with logical axis names and every large activation is constrained to
+them; `partitioning.py` maps the names onto a device mesh. Parameters are stored in `param_dtype`
+and computed in `dtype`; normalisation statistics and softmax run in float32.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_partitioned = nn.with_logical_partitioning
+_constrain = nn.with_logical_constraint
+_dense_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+class RMSNorm(nn.Module):
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param('scale', _partitioned(nn.initializers.ones, ('embed',)), (x.shape[-1],),
+                       jnp.float32)
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return (x * scale).astype(self.dtype)
+
+
+def apply_rotary(x, positions, theta: float):
+  """Rotary position embedding, half-split layout (as Llama checkpoints in `transformers`)."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # [batch, length, half]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class MLP(nn.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+  hidden_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    dense = lambda features, axes, name: nn.DenseGeneral(
+        features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_partitioned(_dense_init, axes), name=name)
+    gate = dense(self.hidden_dim, ('embed', 'mlp'), 'gate')(x)
+    up = dense(self.hidden_dim, ('embed', 'mlp'), 'up')(x)
+    hidden = _constrain(nn.silu(gate) * up, ('batch', 'length', 'mlp'))
+    return dense(x.shape[-1], ('mlp', 'embed'), 'down')(hidden)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of one attention layer, with the coordinates their masks are made from.
+
+  Self-attention caches are allocated empty at the decode length and filled from `end_index`
+  (all rows share it: prompts of the decoded tower are left-padded). Cross-attention caches hold
+  the other tower's projected keys and values, computed once at prefill.
+  """
+  keys: jnp.ndarray  # [batch, size, kv_heads, head_dim]
+  values: jnp.ndarray  # [batch, size, kv_heads, head_dim]
+  positions: jnp.ndarray  # [batch, size]
+  segment_ids: jnp.ndarray  # [batch, size], 0 = empty slot or padding
+  end_index: jnp.ndarray  # [] int32
+
+  @classmethod
+  def empty(cls, batch: int, size: int, kv_heads: int, head_dim: int, dtype: Dtype) -> KVCache:
+    kv = jnp.zeros((batch, size, kv_heads, head_dim), dtype)
+    coords = jnp.zeros((batch, size), jnp.int32)
+    return cls(kv, kv, coords, coords, jnp.zeros((), jnp.int32))
+
+  @classmethod
+  def full(cls, keys, values, positions, segment_ids) -> KVCache:
+    return cls(keys, values, positions, segment_ids, jnp.asarray(keys.shape[1], jnp.int32))
+
+  def append(self, keys, values, positions, segment_ids) -> KVCache:
+    update = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+        cache, new.astype(cache.dtype), self.end_index, axis=1)
+    return KVCache(update(self.keys, keys), update(self.values, values),
+                   update(self.positions, positions), update(self.segment_ids, segment_ids),
+                   self.end_index + keys.shape[1])
+
+
+class Attention(nn.Module):
+  """Multi-head attention with grouped K/V heads.
+
+  Split into `project_kv` and `attend` so that a caller can cache keys and values: self-attention
+  appends them to a growing cache, cross-attention computes them once from the other tower.
+  `rope_theta=None` turns rotary embeddings off (cross-attention: the two towers' positions are
+  not comparable).
+  """
+  embed_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float | None = 10_000.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    dense = lambda features, axes, in_axis=-1: nn.DenseGeneral(
+        features, axis=in_axis, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=_partitioned(_dense_init, axes))
+    self.query = dense((self.num_heads, self.head_dim), ('embed', 'heads', 'kv'))
+    self.key = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'))
+    self.value = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'))
+    self.out = dense(self.embed_dim, ('heads', 'kv', 'embed'), in_axis=(-2, -1))
+
+  def project_kv(self, x, positions=None):
+    keys, values = self.key(x), self.value(x)
+    if self.rope_theta is not None:
+      keys = apply_rotary(keys, positions, self.rope_theta)
+    axes = ('batch', 'length', 'kv_heads', 'kv')
+    return _constrain(keys, axes), _constrain(values, axes)
+
+  def attend(self, x, keys, values, mask, positions=None):
+    """`mask` is [batch, 1, queries, keys]; a query with no visible key outputs exactly zero."""
+    query = self.query(x)
+    if self.rope_theta is not None:
+      query = apply_rotary(query, positions, self.rope_theta)
+    query = _constrain(query, ('batch', 'length', 'heads', 'kv'))
+    out = jax.nn.dot_product_attention(query, keys.astype(query.dtype),
+                                       values.astype(query.dtype), mask=mask)
+    sees_any = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [batch, queries, 1, 1]
+    out = jnp.where(sees_any, out, 0)
+    return self.out(out)
+
