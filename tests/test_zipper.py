@@ -1,0 +1,186 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs, init, open_gates, random_tokens
+from zipper_jax import losses
+from zipper_jax.inputs import TowerInput
+from zipper_jax.layers import Attention
+from zipper_jax.tower import Tower
+from zipper_jax.zipper import Edge, Zipper, ZipperConfig, aligned_block
+
+
+def towers_alone(params, inputs, configs):
+  return {name: Tower(configs[name]).apply({'params': params[name]}, x)[0]
+          for name, x in inputs.items()}
+
+
+@pytest.mark.parametrize('projection', ['none', 'residual'])
+def test_fresh_zipper_equals_its_towers_until_gates_open(projection):
+  configs = {'text': TEXT, 'speech': SPEECH}
+  model = Zipper(ZipperConfig(configs, TWO_WAY, input_projection=projection))
+  inputs = asr_inputs()
+  params = init(model, inputs)
+  alone = towers_alone(params, inputs, configs)
+  zipped, _ = model.apply({'params': params}, inputs)
+  for name in configs:
+    np.testing.assert_allclose(zipped[name], alone[name], atol=1e-6, rtol=0)
+  opened, _ = model.apply({'params': open_gates(params)}, inputs)
+  assert np.abs(opened['text'] - alone['text']).max() > 1e-2
+  assert np.abs(opened['speech'] - alone['speech']).max() > 1e-2
+
+
+def test_paper_input_projection_changes_the_towers():
+  configs = {'text': TEXT, 'speech': SPEECH}
+  model = Zipper(ZipperConfig(configs, TWO_WAY, input_projection='paper'))
+  inputs = asr_inputs()
+  params = init(model, inputs)
+  zipped, _ = model.apply({'params': params}, inputs)
+  assert np.abs(zipped['text'] - towers_alone(params, inputs, configs)['text']).max() > 1e-2
+
+
+def changed_at(inputs, tower, column):
+  x = inputs[tower]
+  return {**inputs, tower: x.replace(tokens=x.tokens.at[:, column].add(1))}
+
+
+def assert_causal(model, params, inputs, tower, column):
+  """Changing `tower`'s token at `column` changes no other tower's logits at earlier-or-equal
+  interleaved positions, and does change some later ones (the edge is really there)."""
+  before, _ = model.apply({'params': params}, inputs)
+  after, _ = model.apply({'params': params}, changed_at(inputs, tower, column))
+  p = inputs[tower].interleaved_positions[:, column][:, None]
+  for other in inputs:
+    if other == tower:
+      continue
+    position = inputs[other].interleaved_positions
+    diff = np.abs(np.asarray(before[other] - after[other])).max(-1)
+    assert diff[np.asarray(position <= p)].max(initial=0) == 0, (tower, other)
+    assert diff[np.asarray(position > p)].max() > 1e-4, (tower, other)
+
+
+def test_asr_layout_is_causal(two_way_zipper):
+  model, params = two_way_zipper
+  inputs = asr_inputs(text_length=6)
+  # Changing a speech token reaches text (all later); changing text never reaches speech.
+  assert_causal(model, params, inputs, 'speech', 3)
+  before, _ = model.apply({'params': params}, inputs)
+  after, _ = model.apply({'params': params}, changed_at(inputs, 'text', 0))
+  np.testing.assert_array_equal(before['speech'], after['speech'])
+
+
+def test_three_alternating_segments_are_causal(two_way_zipper):
+  """speech[0:4] text[0:3] speech[4:8]: interleaved positions 0-3, 4-6, 7-10."""
+  model, params = two_way_zipper
+  speech_order = jnp.asarray([[0, 1, 2, 3, 7, 8, 9, 10]] * 2)
+  text_order = jnp.asarray([[4, 5, 6]] * 2)
+  inputs = {
+      'speech': TowerInput.from_tokens(random_tokens(0, (2, 8), SPEECH.vocab_size)).replace(
+          interleaved_positions=speech_order),
+      'text': TowerInput.from_tokens(random_tokens(1, (2, 3), TEXT.vocab_size)).replace(
+          interleaved_positions=text_order)}
+  for tower, column in [('speech', 2), ('text', 1), ('text', 2)]:
+    assert_causal(model, params, inputs, tower, column)
+
+
+def test_query_that_sees_nothing_gets_exact_zero():
+  attention = Attention(embed_dim=16, num_heads=2, num_kv_heads=2, head_dim=8, rope_theta=None)
+  x = jax.random.normal(jax.random.key(0), (1, 3, 16))
+  keys = jax.random.normal(jax.random.key(1), (1, 4, 2, 8))
+  mask = jnp.asarray([[[[False] * 4, [True, False, False, False], [False] * 4]]])
+  params = attention.init(jax.random.key(2), x, keys, keys, mask, method=Attention.attend)
+  out = attention.apply(params, x, keys, keys, mask, method=Attention.attend)
+  assert np.all(np.asarray(out[0, 0]) == 0) and np.all(np.asarray(out[0, 2]) == 0)
+  assert np.abs(out[0, 1]).max() > 0
+
+
+def test_gradients_stay_finite_where_queries_see_nothing(two_way_zipper):
+  model, params = two_way_zipper
+  inputs = asr_inputs(speech_lengths=[7, 4])  # padding in speech; speech sees no text at all
+  def loss(params):
+    logits, _ = model.apply({'params': params}, inputs)
+    return sum(jnp.sum(l) for l in logits.values())
+  grads = jax.jit(jax.grad(loss))(params)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize('interval', [1, 2, 3])
+@pytest.mark.parametrize('two_way', [False, True])
+def test_towers_of_other_shapes_zip(interval, two_way):
+  """A 6-block speech tower (other width and heads, one K/V head) reads a 2-block text tower."""
+  deep = dataclasses.replace(SPEECH, num_layers=6, embed_dim=40, num_heads=5, num_kv_heads=1)
+  edges = (Edge('speech', 'text', interval),) + ((Edge('text', 'speech', 1),) if two_way else ())
+  model = Zipper(ZipperConfig({'text': TEXT, 'speech': deep}, edges))
+  inputs = asr_inputs()
+  params = init(model, inputs)
+  cross = sorted(k for k in params if k.startswith('cross_speech'))
+  assert cross == [f'cross_speech_from_text_{b}' for b in range(interval - 1, 6, interval)]
+  assert params[cross[0]]['key_projection']['kernel'].shape == (32, 40)  # d_text -> d_speech
+  assert sum(k.startswith('cross_text') for k in params) == (2 if two_way else 0)
+  logits, _ = jax.jit(model.apply)({'params': open_gates(params)}, inputs)
+  assert logits['text'].shape == (2, 5, TEXT.vocab_size)
+  assert logits['speech'].shape == (2, 7, SPEECH.vocab_size)
+  assert all(np.isfinite(np.asarray(l)).all() for l in logits.values())
+
+
+def test_layers_align_by_relative_depth():
+  assert [aligned_block(l, 4, 2) for l in range(4)] == [0, 0, 1, 1]
+  assert [aligned_block(l, 2, 4) for l in range(2)] == [1, 3]
+  assert [aligned_block(l, 2, 3) for l in range(2)] == [1, 2]  # 1.5 rounds up
+  assert [aligned_block(l, 3, 2) for l in range(3)] == [0, 0, 1]
+  assert [aligned_block(l, 6, 1) for l in range(6)] == [0] * 6
+
+
+def test_three_towers_zip_and_run():
+  image = dataclasses.replace(SPEECH, vocab_size=20, num_layers=2, embed_dim=16, num_heads=2)
+  configs = {'text': TEXT, 'speech': SPEECH, 'image': image}
+  edges = TWO_WAY + (Edge('text', 'image', 2), Edge('image', 'speech', 1))
+  model = Zipper(ZipperConfig(configs, edges))
+  inputs = asr_inputs()
+  inputs['image'] = TowerInput.from_tokens(random_tokens(9, (2, 4), 20), offset=100)
+  params = init(model, inputs)
+  zipped, _ = model.apply({'params': params}, inputs)
+  alone = towers_alone(params, inputs, configs)
+  for name in configs:
+    np.testing.assert_allclose(zipped[name], alone[name], atol=1e-6, rtol=0)
+  opened, _ = model.apply({'params': open_gates(params)}, inputs)
+  assert np.abs(opened['image'] - alone['image']).max() > 1e-2  # image reads speech
+  # image tokens come last: they never reach speech or text
+  changed, _ = model.apply({'params': open_gates(params)}, changed_at(inputs, 'image', 0))
+  np.testing.assert_array_equal(changed['text'], opened['text'])
+  assert np.abs(changed['image'] - opened['image']).max() > 0
+
+
+@pytest.mark.parametrize('edges, message', [
+    ((Edge('text', 'video'),), 'video'),
+    ((Edge('text', 'text'),), 'two different towers'),
+    ((Edge('text', 'speech'), Edge('text', 'speech', 2)), 'once'),
+    ((Edge('text', 'speech', 0),), 'interval'),
+])
+def test_bad_edges_are_named(edges, message):
+  with pytest.raises(ValueError, match=message):
+    ZipperConfig({'text': TEXT, 'speech': SPEECH}, edges)
+
+
+def test_unknown_input_projection_is_named():
+  with pytest.raises(ValueError, match='input_projection'):
+    ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY, input_projection='mlp')
+
+
+def test_per_tower_losses_follow_token_weights():
+  rng = np.random.default_rng(0)
+  logits = {'text': jnp.asarray(rng.normal(size=(2, 3, 5))),
+            'speech': jnp.asarray(rng.normal(size=(2, 4, 7)))}
+  targets = {'text': jnp.asarray(rng.integers(0, 5, (2, 3))),
+             'speech': jnp.asarray(rng.integers(0, 7, (2, 4)))}
+  weights = {'text': jnp.asarray([[1, 1, 0], [1, 0, 0]]), 'speech': jnp.zeros((2, 4))}
+  total, metrics = losses.zipper_loss(logits, targets, weights)
+  log_probs = jax.nn.log_softmax(logits['text'])
+  picked = -np.take_along_axis(np.asarray(log_probs), np.asarray(targets['text'])[..., None], -1)
+  expected = (picked[0, 0] + picked[0, 1] + picked[1, 0]).item() / 3
+  np.testing.assert_allclose(metrics['text/loss'], expected, rtol=1e-5)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  assert float(metrics['speech/weight']) == 0 and float(metrics['speech/loss']) == 0
