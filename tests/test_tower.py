@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TEXT, init, random_tokens
 from zipper_jax.inputs import TowerInput
-from zipper_jax.tower import Tower, TowerConfig
+from zipper_jax.tower import Tower
 
 
 @pytest.fixture(scope='module')

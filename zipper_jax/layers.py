@@ -14,9 +14,41 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
-_partitioned = nn.with_logical_partitioning
-_constrain = nn.with_logical_constraint
-_dense_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+Initializer = Any
+partitioned = nn.with_logical_partitioning
+constrain = nn.with_logical_constraint
+
+
+class Dense(nn.Module):
+  """A linear map contracting the last `contract` axes of its input, kernel kept at full rank.
+
+  Unlike `nn.DenseGeneral` (which initialises a flattened kernel and reshapes it), the kernel is
+  created at its real shape, so its logical axis names apply to it under a mesh as well.
+  The default initialiser is fan-in scaled over all contracted axes.
+  """
+  features: int | tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]  # contracted axes first, then output axes
+  contract: int = 1
+  use_bias: bool = False
+  kernel_init: Initializer | None = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    shape = x.shape[x.ndim - self.contract:] + features
+    init = self.kernel_init or nn.initializers.variance_scaling(
+        1.0, 'fan_in', 'truncated_normal', in_axis=tuple(range(self.contract)),
+        out_axis=tuple(range(self.contract, len(shape))))
+    kernel = self.param('kernel', partitioned(init, self.kernel_axes), shape, self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
+    if self.use_bias:
+      bias = self.param('bias', partitioned(nn.initializers.zeros,
+                                            self.kernel_axes[self.contract:]),
+                        features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class RMSNorm(nn.Module):
@@ -25,7 +57,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param('scale', _partitioned(nn.initializers.ones, ('embed',)), (x.shape[-1],),
+    scale = self.param('scale', partitioned(nn.initializers.ones, ('embed',)), (x.shape[-1],),
                        jnp.float32)
     x = x.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
@@ -50,12 +82,11 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    dense = lambda features, axes, name: nn.DenseGeneral(
-        features, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_partitioned(_dense_init, axes), name=name)
+    dense = lambda features, axes, name: Dense(
+        features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     gate = dense(self.hidden_dim, ('embed', 'mlp'), 'gate')(x)
     up = dense(self.hidden_dim, ('embed', 'mlp'), 'up')(x)
-    hidden = _constrain(nn.silu(gate) * up, ('batch', 'length', 'mlp'))
+    hidden = constrain(nn.silu(gate) * up, ('batch', 'length', 'mlp'))
     return dense(x.shape[-1], ('mlp', 'embed'), 'down')(hidden)
 
 
@@ -108,27 +139,26 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   def setup(self):
-    dense = lambda features, axes, in_axis=-1: nn.DenseGeneral(
-        features, axis=in_axis, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_partitioned(_dense_init, axes))
+    dense = lambda features, axes, contract=1: Dense(
+        features, axes, contract, dtype=self.dtype, param_dtype=self.param_dtype)
     self.query = dense((self.num_heads, self.head_dim), ('embed', 'heads', 'kv'))
     self.key = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'))
     self.value = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'))
-    self.out = dense(self.embed_dim, ('heads', 'kv', 'embed'), in_axis=(-2, -1))
+    self.out = dense(self.embed_dim, ('heads', 'kv', 'embed'), contract=2)
 
   def project_kv(self, x, positions=None):
     keys, values = self.key(x), self.value(x)
     if self.rope_theta is not None:
       keys = apply_rotary(keys, positions, self.rope_theta)
     axes = ('batch', 'length', 'kv_heads', 'kv')
-    return _constrain(keys, axes), _constrain(values, axes)
+    return constrain(keys, axes), constrain(values, axes)
 
   def attend(self, x, keys, values, mask, positions=None):
     """`mask` is [batch, 1, queries, keys]; a query with no visible key outputs exactly zero."""
     query = self.query(x)
     if self.rope_theta is not None:
       query = apply_rotary(query, positions, self.rope_theta)
-    query = _constrain(query, ('batch', 'length', 'heads', 'kv'))
+    query = constrain(query, ('batch', 'length', 'heads', 'kv'))
     out = jax.nn.dot_product_attention(query, keys.astype(query.dtype),
                                        values.astype(query.dtype), mask=mask)
     sees_any = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [batch, queries, 1, 1]

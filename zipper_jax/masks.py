@@ -1,5 +1,4 @@
 """Attention masks: one rule for self- and cross-attention, read off the tokens' coordinates."""
-import jax.numpy as jnp
 
 
 def attention_mask(query_positions, query_segments, key_positions, key_segments, *, strict: bool):

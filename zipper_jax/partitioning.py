@@ -66,11 +66,12 @@ def init_sharded(model: nn.Module, rng, *inputs, mesh: Mesh, rules=DEFAULT_RULES
   """Initialises `model` directly into its sharded layout; returns (params, their shardings).
 
   Parameters never exist whole on one device, which is what lets a model larger than one
-  device's memory start at all.
+  device's memory start at all. The output shardings alone place them: no mesh context is
+  entered, because flax's `DenseGeneral` unboxes multi-axis kernels at their flattened shape,
+  where a constraint of the kernel's rank would not apply.
   """
   init = lambda rng: model.init(rng, *inputs)['params']
   boxed = jax.eval_shape(init, rng)
   shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-  with sharding_context(mesh, rules):
-    params = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(rng)
+  params = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(rng)
   return params, shardings

@@ -12,11 +12,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zipper_jax.inputs import TowerInput
-from zipper_jax.layers import MLP, Attention, KVCache, RMSNorm
+from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
 from zipper_jax.masks import attention_mask
-
-_partitioned = nn.with_logical_partitioning
-_constrain = nn.with_logical_constraint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +64,7 @@ class DecoderBlock(nn.Module):
     h = h + attention.attend(x, keys, values, mask, inputs.positions)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
     h = h + MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
-    return _constrain(h, ('batch', 'length', 'embed')), cache
+    return constrain(h, ('batch', 'length', 'embed')), cache
 
 
 class Tower(nn.Module):
@@ -77,19 +74,17 @@ class Tower(nn.Module):
     c = self.config
     self.embedder = nn.Embed(
         c.vocab_size, c.embed_dim, dtype=c.dtype, param_dtype=c.param_dtype,
-        embedding_init=_partitioned(
+        embedding_init=partitioned(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=1, out_axis=0),
             ('vocab', 'embed')))
     self.blocks = [DecoderBlock(c, name=f'block_{i}') for i in range(c.num_layers)]
     self.final_norm = RMSNorm(c.norm_epsilon, c.dtype)
     if not c.tie_embeddings:
-      self.lm_head = nn.DenseGeneral(
-          c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
-          kernel_init=_partitioned(nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),
-                                   ('embed', 'vocab')))
+      self.lm_head = Dense(c.vocab_size, ('embed', 'vocab'), dtype=c.dtype,
+                           param_dtype=c.param_dtype)
 
   def embed(self, tokens):
-    return _constrain(self.embedder(tokens), ('batch', 'length', 'embed'))
+    return constrain(self.embedder(tokens), ('batch', 'length', 'embed'))
 
   def block(self, index: int, h, inputs: TowerInput, cache: KVCache | None = None):
     return self.blocks[index](h, inputs, cache)
@@ -97,7 +92,7 @@ class Tower(nn.Module):
   def logits(self, h):
     h = self.final_norm(h)
     logits = self.embedder.attend(h) if self.config.tie_embeddings else self.lm_head(h)
-    return _constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    return constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
 
   def __call__(self, inputs: TowerInput, caches: Sequence[KVCache] | None = None):
     """Returns (logits [batch, length, vocab] float32, updated caches or None)."""

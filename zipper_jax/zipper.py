@@ -22,11 +22,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from zipper_jax.inputs import TowerInput
-from zipper_jax.layers import MLP, Attention, KVCache, RMSNorm
+from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
 from zipper_jax.masks import attention_mask
 from zipper_jax.tower import Tower, TowerConfig, init_caches as init_tower_caches
 
-_partitioned = nn.with_logical_partitioning
 INPUT_PROJECTIONS = ('none', 'residual', 'paper')
 
 
@@ -86,14 +85,13 @@ class InputProjection(nn.Module):
 
   @nn.compact
   def __call__(self, e):
-    dense = lambda axes, init, name: nn.DenseGeneral(
-        e.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=_partitioned(init, axes), bias_init=_partitioned(nn.initializers.zeros,
-                                                                      (axes[-1],)), name=name)
-    hidden = nn.relu(dense(('embed', 'mlp'), nn.initializers.lecun_normal(), 'hidden')(e))
+    dense = lambda axes, name, init=None: Dense(
+        e.shape[-1], axes, use_bias=True, kernel_init=init, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)
+    hidden = nn.relu(dense(('embed', 'mlp'), 'hidden')(e))
     if self.kind == 'paper':
-      return nn.relu(dense(('mlp', 'embed'), nn.initializers.lecun_normal(), 'output')(hidden))
-    return e + dense(('mlp', 'embed'), nn.initializers.zeros, 'output')(hidden)
+      return nn.relu(dense(('mlp', 'embed'), 'output')(hidden))
+    return e + dense(('mlp', 'embed'), 'output', nn.initializers.zeros)(hidden)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -112,22 +110,20 @@ class CrossAttentionBlock(nn.Module):
     attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim, None, c.dtype,
                           c.param_dtype, name='attention')
     if key_states is not None:
-      projected = nn.DenseGeneral(
-          c.embed_dim, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype,
-          kernel_init=_partitioned(nn.initializers.lecun_normal(), ('key_embed', 'embed')),
-          name='key_projection')(RMSNorm(c.norm_epsilon, c.dtype, name='key_norm')(key_states))
+      projected = Dense(c.embed_dim, ('key_embed', 'embed'), dtype=c.dtype,
+                        param_dtype=c.param_dtype, name='key_projection')(RMSNorm(c.norm_epsilon, c.dtype, name='key_norm')(key_states))
       keys, values = attention.project_kv(projected)
       cache = KVCache.full(keys, values, key_inputs.interleaved_positions,
                            key_inputs.segment_ids)
     mask = attention_mask(inputs.interleaved_positions, inputs.segment_ids, cache.positions,
                           cache.segment_ids, strict=True)
-    gate = lambda name: jnp.tanh(self.param(name, _partitioned(nn.initializers.zeros, ()), (),
+    gate = lambda name: jnp.tanh(self.param(name, partitioned(nn.initializers.zeros, ()), (),
                                             jnp.float32)).astype(c.dtype)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
     h = h + gate('attention_gate') * attention.attend(x, cache.keys, cache.values, mask)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
     h = h + gate('mlp_gate') * MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
-    return nn.with_logical_constraint(h, ('batch', 'length', 'embed')), cache
+    return constrain(h, ('batch', 'length', 'embed')), cache
 
 
 class Zipper(nn.Module):
