@@ -23,4 +23,5 @@ setuptools.setup(
     # tensorflow-text declares the full `tensorflow` wheel, which would land beside tensorflow-cpu.
     install_requires=_requirements('base.txt') + _requirements('no-deps.txt'),
     extras_require={'test': _requirements('test.txt')},
+    entry_points={'console_scripts': ['zipper = zipper_jax.main:main']},
 )

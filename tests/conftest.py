@@ -11,6 +11,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# Tests compile the same small programs many times (every training run, in every worker):
+# JAX's persistent cache turns all but the first compilation of each into a disk read.
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(os.path.dirname(__file__), '..', '.cache', 'jax'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
 from zipper_jax.inputs import TowerInput  # noqa: E402
 from zipper_jax.tower import TowerConfig  # noqa: E402
 from zipper_jax.zipper import Edge, Zipper, ZipperConfig  # noqa: E402

@@ -23,8 +23,9 @@ def trainable_mask(params, frozen_towers: Iterable[str]):
 
 def partition(params, mask):
   """(trainable, frozen): two trees like `params` with None where the other one holds a leaf."""
-  trainable = jax.tree.map(lambda p, m: p if m else None, params, mask)
-  frozen = jax.tree.map(lambda p, m: None if m else p, params, mask)
+  # `mask` leads, so a parameter may be any subtree (e.g. boxed with its logical axis names).
+  trainable = jax.tree.map(lambda m, p: p if m else None, mask, params)
+  frozen = jax.tree.map(lambda m, p: None if m else p, mask, params)
   return trainable, frozen
 
 

@@ -16,7 +16,7 @@ def weighted_cross_entropy(logits, targets, weights):
 
 def zipper_loss(logits: Mapping[str, jnp.ndarray], targets: Mapping[str, jnp.ndarray],
                 weights: Mapping[str, jnp.ndarray]):
-  """Token-weighted mean loss over all towers, and per-tower metrics.
+  """Token-weighted mean loss over all towers, and per-tower loss, accuracy and weight.
 
   Towers with no weighted tokens in a batch (e.g. the speech tower in an ASR batch) count for
   nothing; their per-tower loss is reported as 0 with weight 0.
@@ -24,7 +24,37 @@ def zipper_loss(logits: Mapping[str, jnp.ndarray], targets: Mapping[str, jnp.nda
   metrics, total, total_weight = {}, 0.0, 0.0
   for name in targets:
     loss, weight = weighted_cross_entropy(logits[name], targets[name], weights[name])
+    hits = (jnp.argmax(logits[name], axis=-1) == targets[name]) * weights[name]
     metrics[f'{name}/loss'] = loss / jnp.maximum(weight, 1e-8)
+    metrics[f'{name}/accuracy'] = jnp.sum(hits) / jnp.maximum(weight, 1e-8)
     metrics[f'{name}/weight'] = weight
     total, total_weight = total + loss, total_weight + weight
   return total / jnp.maximum(total_weight, 1e-8), metrics
+
+
+METRICS = ('loss', 'accuracy', 'weight')
+
+
+def zero_sums(towers) -> dict:
+  """`metric_sums` of nothing: where accumulation starts."""
+  return {f'{t}/{m}': jnp.zeros((), jnp.float32) for t in towers for m in METRICS}
+
+
+def _weight_key(key: str) -> str:
+  return f'{key.split("/")[0]}/weight'
+
+
+def metric_sums(metrics: Mapping[str, jnp.ndarray]) -> dict:
+  """Per-tower means -> token-weighted sums, which add across microbatches and batches."""
+  return {k: v if k.endswith('/weight') else v * metrics[_weight_key(k)]
+          for k, v in metrics.items()}
+
+
+def metric_means(sums: Mapping[str, jnp.ndarray]) -> dict:
+  """Inverse of `metric_sums`, plus `loss`: the token-weighted mean over all towers."""
+  means = {k: v if k.endswith('/weight') else v / jnp.maximum(sums[_weight_key(k)], 1e-8)
+           for k, v in sums.items()}
+  total_weight = sum(v for k, v in sums.items() if k.endswith('/weight'))
+  means['loss'] = sum(v for k, v in sums.items() if k.endswith('/loss')) / jnp.maximum(
+      total_weight, 1e-8)
+  return means

@@ -9,11 +9,20 @@ import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
 from zipper_jax.masks import attention_mask
+
+
+# 'full' keeps only each block's input; 'dots' also keeps the matmul outputs (less recompute).
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,11 +39,14 @@ class TowerConfig:
   tie_embeddings: bool = False
   dtype: Any = jnp.float32  # compute
   param_dtype: Any = jnp.float32
+  remat: str = 'none'  # recompute block activations in the backward pass: see REMAT_POLICIES
 
   def __post_init__(self):
     kv_heads = self.num_kv_heads or self.num_heads
     if self.num_heads % kv_heads:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}')
     if self.head_dim % 2:
       raise ValueError(f'head_dim={self.head_dim} must be even for rotary embeddings')
 
@@ -77,7 +89,10 @@ class Tower(nn.Module):
         embedding_init=partitioned(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=1, out_axis=0),
             ('vocab', 'embed')))
-    self.blocks = [DecoderBlock(c, name=f'block_{i}') for i in range(c.num_layers)]
+    block = DecoderBlock
+    if c.remat != 'none':
+      block = nn.remat(DecoderBlock, policy=REMAT_POLICIES[c.remat])
+    self.blocks = [block(c, name=f'block_{i}') for i in range(c.num_layers)]
     self.final_norm = RMSNorm(c.norm_epsilon, c.dtype)
     if not c.tie_embeddings:
       self.lm_head = Dense(c.vocab_size, ('embed', 'vocab'), dtype=c.dtype,

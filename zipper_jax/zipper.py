@@ -44,6 +44,9 @@ class ZipperConfig:
   input_projection: str = 'residual'
 
   def __post_init__(self):
+    # Edges may be given as (query, key, interval) tuples, as gin files do.
+    object.__setattr__(self, 'edges', tuple(
+        e if isinstance(e, Edge) else Edge(*e) for e in self.edges))
     if self.input_projection not in INPUT_PROJECTIONS:
       raise ValueError(f'input_projection={self.input_projection!r}; expected one of '
                        f'{INPUT_PROJECTIONS}')

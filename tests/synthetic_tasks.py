@@ -1,0 +1,47 @@
+"""In-memory seqio tasks for trainer tests: a learnable toy ASR task and unimodal LM tasks.
+
+Speech is random units; its "transcript" is a fixed function of it (every other unit, mapped
+into the text vocabulary), so a Zipper can learn to read text off speech.
+"""
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from zipper_jax.feature_converter import sequential_layout
+
+TEXT_VOCAB, SPEECH_VOCAB = 64, 48
+SPEECH_LENGTH, TEXT_LENGTH = 12, 6
+LENGTHS = {'speech': SPEECH_LENGTH, 'text': TEXT_LENGTH}
+
+
+def _examples(split, count=512):
+  rng = np.random.default_rng({'train': 0, 'validation': 1}[split])
+  speech = rng.integers(1, SPEECH_VOCAB, (count, SPEECH_LENGTH), dtype=np.int32)
+  text = (speech[:, ::2] * 7) % (TEXT_VOCAB - 1) + 1
+  return {'speech': speech, 'text': text.astype(np.int32)}
+
+
+def _source():
+  return seqio.FunctionDataSource(
+      lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+          _examples(split)), splits=('train', 'validation'))
+
+
+def _features(*names):
+  vocabularies = {'speech': SPEECH_VOCAB, 'text': TEXT_VOCAB}
+  return {name: seqio.Feature(seqio.PassThroughVocabulary(vocabularies[name]), add_eos=False)
+          for name in names}
+
+
+def _drop(*names):
+  return seqio.map_over_dataset(lambda ex: {k: v for k, v in ex.items() if k not in names})
+
+
+for _name, _preprocessors, _features_of in (
+    ('toy_asr', [sequential_layout(['speech', 'text'], loss_on=['text'])], ('speech', 'text')),
+    ('toy_text_lm', [_drop('speech')], ('text',)),
+    ('toy_speech_lm', [_drop('text')], ('speech',)),
+):
+  if _name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(_name, source=_source(), preprocessors=_preprocessors,
+                           output_features=_features(*_features_of))

@@ -1,0 +1,103 @@
+import dataclasses
+import logging
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import pytest
+
+import synthetic_tasks  # noqa: F401 -- registers the toy tasks
+from conftest import SPEECH, TEXT, TWO_WAY
+from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
+from zipper_jax import checkpoints, data, models, optimizer, train
+from zipper_jax.zipper import ZipperConfig
+
+TOWERS = {'text': dataclasses.replace(TEXT, vocab_size=TEXT_VOCAB),
+          'speech': dataclasses.replace(SPEECH, vocab_size=SPEECH_VOCAB)}
+ZIPPER = models.ZipperModel(ZipperConfig(TOWERS, TWO_WAY))
+
+
+def run(model_dir, steps, model=ZIPPER, task='toy_asr', **overrides):
+  kwargs = dict(model_dir=str(model_dir), mixture_or_task_name=task,
+                task_feature_lengths=LENGTHS, train_steps=steps, batch_size=16,
+                optimizer=optimizer.adamw, learning_rate=optax.constant_schedule(3e-3), log_every=5,
+                checkpoint_every=5, peak_flops=1e12)
+  return train.train(model, **(kwargs | overrides))
+
+
+def fresh_params(model, seed=0):
+  example = data.dummy_batch(model.towers, LENGTHS, 16)
+  return nn.unbox(jax.jit(model.init)(jax.random.key(seed), example))
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_training_learns_and_leaves_the_frozen_tower_alone(tmp_path):
+  before = train.evaluate(ZIPPER, fresh_params(ZIPPER), 'toy_asr', LENGTHS, 16, max_batches=4)
+  state = run(tmp_path, 40, frozen_towers=['text'])
+  after = train.evaluate(ZIPPER, state.all_params, 'toy_asr', LENGTHS, 16, max_batches=4)
+  assert after['eval/text/loss'] < before['eval/text/loss'] - 0.5
+  assert_trees_equal(state.all_params['text'], fresh_params(ZIPPER)['text'])
+  assert not jax.tree.leaves(state.params['text'])  # no trainable copy, so no optimizer state
+  assert np.any(state.all_params['speech']['block_0']['mlp']['up']['kernel'] !=
+                fresh_params(ZIPPER)['speech']['block_0']['mlp']['up']['kernel'])
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+  straight = run(tmp_path / 'straight', 10)
+  run(tmp_path / 'resumed', 5)
+  resumed = run(tmp_path / 'resumed', 10)
+  assert int(resumed.step) == 10
+  assert_trees_equal(resumed.all_params, straight.all_params)
+  assert_trees_equal(resumed.opt_state, straight.opt_state)
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+  run(tmp_path, 10)
+  shutil.rmtree(tmp_path / 'checkpoints' / '10' / 'params')
+  with caplog.at_level(logging.WARNING):
+    state = run(tmp_path, 5)  # nothing left to do once step 5 is restored
+  assert int(state.step) == 5
+  assert 'checkpoint step 10' in caplog.text and 'unreadable' in caplog.text
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  run(tmp_path, 5)
+  with pytest.raises(FloatingPointError, match=r'at step \d+.*last good checkpoint is step 5'):
+    run(tmp_path, 30, learning_rate=optax.constant_schedule(1e30))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['5']
+
+
+def test_gradient_accumulation_matches_one_batch(tmp_path):
+  one = run(tmp_path / 'one', 3, checkpoint_every=100)
+  four = run(tmp_path / 'four', 3, checkpoint_every=100, num_microbatches=4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               one.all_params, four.all_params)
+
+
+def test_zipping_pretrained_tower_checkpoints(tmp_path):
+  text = models.TowerModel(TOWERS['text'], 'text')
+  speech = models.TowerModel(TOWERS['speech'], 'speech')
+  run(tmp_path / 'text', 5, model=text, task='toy_text_lm')
+  run(tmp_path / 'speech', 5, model=speech, task='toy_speech_lm', seed=1)
+  state = run(tmp_path / 'zipped', 0, init_checkpoints={'text': str(tmp_path / 'text'),
+                                                        'speech': str(tmp_path / 'speech')})
+  batch = next(data.get_dataset('toy_asr', LENGTHS, ZIPPER.towers, 16).as_numpy_iterator())
+  zipped = ZIPPER.apply(state.all_params, ZIPPER.inputs(batch))
+  for tower in (text, speech):
+    pretrained = checkpoints.load_params(str(tmp_path / tower.name))
+    alone = tower.apply(pretrained, ZIPPER.inputs(batch))[tower.name]
+    np.testing.assert_allclose(zipped[tower.name], alone, atol=1e-5)
+    assert_trees_equal(state.all_params[tower.name], pretrained)
+
+
+def test_a_mismatched_tower_checkpoint_names_the_parameter(tmp_path):
+  wide = models.TowerModel(dataclasses.replace(TOWERS['text'], mlp_dim=80), 'text')
+  run(tmp_path / 'text', 5, model=wide, task='toy_text_lm')
+  with pytest.raises(ValueError, match=r'block_0/mlp/gate/kernel: shape \(32, 80\)'):
+    run(tmp_path / 'zipped', 0, init_checkpoints={'text': str(tmp_path / 'text')})

@@ -1,0 +1,81 @@
+"""Orbax checkpoints of a training run: parameters, optimizer state, and where the data stood.
+
+Saves are asynchronous and atomic (orbax writes a temporary directory and renames it when
+complete, so a save cut short is never listed as a step); the newest `keep` are kept. A step that
+is listed but cannot be read (a damaged disk, a file removed by hand) is skipped with a warning
+in favour of the one before it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+ITEMS = ('params', 'opt_state', 'meta')
+
+
+class Checkpointer:
+  """Checkpoints under `directory/checkpoints`, one sub-directory per step."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(directory), 'checkpoints')
+    self.manager = ocp.CheckpointManager(
+        self.directory, item_names=ITEMS,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save))
+
+  def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)))
+
+  def restore_latest(self, abstract_params, abstract_opt_state):
+    """(step, params, opt_state, meta) of the newest readable step, or None if there is none.
+
+    The abstract trees (`jax.ShapeDtypeStruct`s with shardings) say where every array goes, so a
+    checkpoint restores onto whatever mesh the run now has.
+    """
+    found = _newest_readable(self.manager, self.directory, ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore()))
+    if found is None:
+      return None
+    step, restored = found
+    return step, restored.params, restored.opt_state, dict(restored.meta)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def load_params(model_dir: str, abstract_params=None):
+  """The parameters of the newest readable checkpoint of the run in `model_dir`.
+
+  Without `abstract_params` they come back as saved (e.g. a pre-trained tower to zip).
+  """
+  directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'no checkpoints under {model_dir!r} (looked for {directory})')
+  manager = ocp.CheckpointManager(directory, item_names=ITEMS,
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  found = _newest_readable(manager, directory, ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_params)))
+  if found is None:
+    raise FileNotFoundError(f'no readable checkpoint under {directory}')
+  return found[1].params
+
+
+def _newest_readable(manager, directory: str, args):
+  """(step, restored items) of the newest step that restores, or None."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, manager.restore(step, args=args)
+    except Exception as e:  # noqa: BLE001 -- any unreadable step falls back to the previous
+      logging.warning('checkpoint step %d in %s is unreadable (%s: %s); trying the one before',
+                      step, directory, type(e).__name__, e)
+  return None

@@ -1,0 +1,278 @@
+"""The training loop: one jitted step over a device mesh, orbax checkpoints, metrics.
+
+Read top to bottom: the state, the step, then `train`, which every gin run file configures.
+Frozen towers are split off the parameters before differentiation (`freezing.partition`): they
+get no gradient, no optimizer state and no update, and are saved unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Callable, Mapping, Sequence
+
+import flax.linen as nn
+import flax.struct
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from clu import metric_writers
+from jax.sharding import NamedSharding, PartitionSpec
+
+from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning
+from zipper_jax.models import Model
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: dict  # trainable parameters; None where frozen
+  frozen: dict  # frozen parameters; None where trainable
+  opt_state: optax.OptState
+
+  @property
+  def all_params(self):
+    return freezing.combine(self.params, self.frozen)
+
+
+def train_step(state: TrainState, batch, *, model: Model, optimizer: optax.GradientTransformation,
+               num_microbatches: int = 1):
+  """One optimizer step on `batch`, its gradient accumulated over `num_microbatches` slices.
+
+  The loss is the token-weighted mean over the whole batch, so the accumulated gradient equals
+  the gradient of one pass over the batch.
+  """
+  micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
+
+  def weighted_sums(params, microbatch):
+    _, metrics = model.loss(freezing.combine(params, state.frozen), microbatch)
+    sums = losses.metric_sums(metrics)
+    return sum(sums[f'{t}/loss'] for t in model.towers), sums
+
+  def accumulate(carry, microbatch):
+    (_, sums), grads = jax.value_and_grad(weighted_sums, has_aux=True)(state.params, microbatch)
+    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, state.params), losses.zero_sums(model.towers))
+  (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
+  total_weight = sum(sums[f'{t}/weight'] for t in model.towers)
+  grads = jax.tree.map(lambda g: g / jnp.maximum(total_weight, 1e-8), grads)
+
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = losses.metric_means(sums)
+  metrics['grad_norm'] = optax.global_norm(grads)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, *, model: Model):
+  return losses.metric_sums(model.loss(params, batch)[1])
+
+
+class _Preemption:
+  """Turns SIGTERM (a preempted TPU VM, a Kubernetes pod being evicted) into a flag."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM received: saving a checkpoint and stopping')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+@gin.configurable
+def train(model: Model = gin.REQUIRED, *,
+          model_dir: str = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          optimizer: Callable[..., optax.GradientTransformation] = gin.REQUIRED,
+          learning_rate: optax.Schedule | float = gin.REQUIRED,
+          frozen_towers: Sequence[str] = (),
+          init_checkpoints: Mapping[str, str] | None = None,
+          pack: bool = False,
+          seed: int = 0,
+          num_microbatches: int = 1,
+          mesh_shape: Sequence[int] = (-1, 1, 1),
+          axis_rules=partitioning.DEFAULT_RULES,
+          checkpoint_every: int = 1000,
+          keep_checkpoints: int = 3,
+          log_every: int = 50,
+          eval_every: int = 0,
+          eval_task: str | None = None,
+          eval_split: str = 'validation',
+          eval_batches: int = 10,
+          eval_hooks: Sequence[Callable] = (),
+          peak_flops: float | None = None) -> TrainState:
+  """Trains `model` for `train_steps` steps, resuming from the newest checkpoint in `model_dir`.
+
+  `init_checkpoints` ({tower: model_dir of its pre-training run}) starts a new run from
+  pre-trained towers. `eval_hooks` are called as hook(step, model, params) -> {name: value}
+  every `eval_every` steps, after the validation loss.
+  """
+  if batch_size % num_microbatches:
+    raise ValueError(f'batch_size={batch_size} is not a multiple of '
+                     f'num_microbatches={num_microbatches}')
+  mesh = partitioning.make_mesh(mesh_shape)
+  rng = jax.random.key(seed)
+  towers = model.towers
+  example = data.dummy_batch(towers, task_feature_lengths, batch_size)
+
+  # Shardings of every array the step touches, from the layers' logical axis names.
+  boxed = jax.eval_shape(model.init, rng, example)
+  mask = freezing.trainable_mask(nn.unbox(boxed), frozen_towers)
+  tx = optimizer(learning_rate=learning_rate)
+  to_sharding = lambda tree: partitioning.logical_to_sharding(
+      nn.get_partition_spec(tree), mesh, axis_rules)
+  param_shardings = to_sharding(boxed)
+  opt_shardings = to_sharding(jax.eval_shape(lambda: tx.init(freezing.partition(boxed, mask)[0])))
+  batch_sharding = NamedSharding(mesh, nn.logical_to_mesh_axes(('batch',), axis_rules))
+  abstract = lambda shapes, shardings: jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  abstract_params = abstract(nn.unbox(boxed), param_shardings)
+  abstract_opt = abstract(jax.eval_shape(lambda: tx.init(freezing.partition(
+      nn.unbox(boxed), mask)[0])), opt_shardings)
+
+  checkpointer = checkpoints.Checkpointer(model_dir, keep=keep_checkpoints)
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+      f.write(gin.config_str())
+  restored = checkpointer.restore_latest(abstract_params, abstract_opt)
+  if restored is not None:
+    step, params, opt_state, meta = restored
+    batches_consumed = meta['batches_consumed']
+    logging.info('resuming from step %d of %s', step, checkpointer.directory)
+  else:
+    step, batches_consumed = 0, 0
+    params = _initial_params(model, rng, example, init_checkpoints, param_shardings)
+    opt_state = jax.jit(lambda p: tx.init(freezing.partition(p, mask)[0]),
+                        out_shardings=opt_shardings)(params)
+  state_shardings = TrainState(NamedSharding(mesh, PartitionSpec()),
+                               *freezing.partition(param_shardings, mask), opt_shardings)
+  state = jax.device_put(TrainState(jnp.asarray(step, jnp.int32),
+                                    *freezing.partition(params, mask), opt_state),
+                         state_shardings)
+
+  with partitioning.sharding_context(mesh, axis_rules):
+    step_fn = jax.jit(functools.partial(train_step, model=model, optimizer=tx,
+                                        num_microbatches=num_microbatches),
+                      in_shardings=(state_shardings, batch_sharding),
+                      out_shardings=(state_shardings, None), donate_argnums=0)
+    batches = data.get_dataset(mixture_or_task_name, task_feature_lengths, towers, batch_size,
+                               seed=seed, pack=pack, skip_batches=batches_consumed)
+    writer = metric_writers.create_default_writer(
+        model_dir, just_logging=jax.process_index() > 0, asynchronous=True)
+    flops_per_step = batch_size * flops.train_flops_per_example(model, task_feature_lengths,
+                                                                frozen_towers)
+    peak = peak_flops or flops.measure_peak_flops()
+    writer.write_hparams({'flops_per_step': flops_per_step, 'peak_flops': peak,
+                          'batch_size': batch_size, 'train_steps': train_steps})
+    preemption = _Preemption()
+    progress = tqdm.tqdm(total=train_steps, initial=step, disable=not sys.stderr.isatty(),
+                         desc='train', dynamic_ncols=True)
+    pending, last_good, tick = [], step, time.perf_counter()
+    try:
+      for batch in batches.as_numpy_iterator():
+        if step >= train_steps or preemption.requested:
+          break
+        batch = jax.make_array_from_process_local_data(batch_sharding, batch)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        progress.update(1)
+        if step % log_every == 0 or step == train_steps:
+          elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+          summary = _check_finite(pending, checkpointer, last_good)
+          rate = len(pending) / elapsed
+          pending = []
+          summary |= {'steps_per_sec': rate,
+                      'tokens_per_sec': rate * batch_size * sum(task_feature_lengths[t]
+                                                                for t in towers),
+                      'mfu': rate * flops_per_step / peak}
+          writer.write_scalars(step, summary)
+          progress.set_postfix(loss=f'{summary["loss"]:.3f}', mfu=f'{summary["mfu"]:.1%}')
+          if progress.disable and jax.process_index() == 0:
+            print(f'step {step:6d}  ' + '  '.join(
+                f'{k} {v:.4g}' for k, v in sorted(summary.items())), flush=True)
+        if eval_every and step % eval_every == 0:
+          writer.write_scalars(step, evaluate(
+              model, state.all_params, eval_task or mixture_or_task_name, task_feature_lengths,
+              batch_size, split=eval_split, max_batches=eval_batches, seed=seed,
+              batch_sharding=batch_sharding) | _run_hooks(eval_hooks, step, model,
+                                                            state.all_params))
+        if step % checkpoint_every == 0 or step == train_steps:
+          _check_finite(pending, checkpointer, last_good)
+          checkpointer.save(step, state.all_params, state.opt_state,
+                            {'step': step, 'batches_consumed': step})
+          last_good = step
+      if preemption.requested and last_good != step:
+        _check_finite(pending, checkpointer, last_good)
+        checkpointer.save(step, state.all_params, state.opt_state,
+                          {'step': step, 'batches_consumed': step})
+    finally:
+      preemption.restore()
+      progress.close()
+      checkpointer.wait()
+      checkpointer.close()
+      writer.flush()
+  return state
+
+
+def _initial_params(model: Model, rng, example, init_checkpoints, shardings):
+  """Fresh parameters, with the towers named in `init_checkpoints` taken from their runs."""
+  if not init_checkpoints:
+    return jax.jit(lambda r: nn.unbox(model.init(r, example)), out_shardings=shardings)(rng)
+  towers = {name: checkpoints.load_params(path) for name, path in init_checkpoints.items()}
+  return jax.jit(lambda r, t: model.params_from_towers(r, example, t),
+                 out_shardings=shardings)(rng, towers)
+
+
+def _check_finite(pending, checkpointer, last_good) -> dict:
+  """Mean metrics of `pending` steps; stops the run at the first non-finite loss."""
+  if not pending:
+    return {}
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    if not np.isfinite(metrics['loss']):
+      raise FloatingPointError(
+          f'loss is {metrics["loss"]} at step {step}; stopping. The last good checkpoint is '
+          f'step {last_good} in {checkpointer.directory}')
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _run_hooks(hooks, step, model, params) -> dict:
+  results = {}
+  for hook in hooks:
+    results |= hook(step, model, params)
+  return results
+
+
+def evaluate(model: Model, params, task: str, task_feature_lengths: Mapping[str, int],
+             batch_size: int, *, split: str = 'validation', max_batches: int | None = None,
+             seed: int = 0, batch_sharding=None) -> dict:
+  """Token-weighted loss and per-tower accuracy over (up to `max_batches` of) a split."""
+  batches = data.get_dataset(task, task_feature_lengths, model.towers, batch_size, split=split,
+                             shuffle=False, seed=seed, num_epochs=1)
+  step = jax.jit(functools.partial(eval_step, model=model))
+  totals, count = None, 0
+  for batch in batches.take(max_batches or -1).as_numpy_iterator():
+    if batch_sharding is not None:
+      batch = jax.make_array_from_process_local_data(batch_sharding, batch)
+    sums = jax.device_get(step(params, batch))
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    count += 1
+  if not count:
+    raise ValueError(f'split {split!r} of {task!r} gave no full batch of {batch_size}')
+  return {f'eval/{k}': float(v) for k, v in losses.metric_means(totals).items()}
