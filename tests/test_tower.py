@@ -79,3 +79,16 @@ def test_bfloat16_compute_keeps_float32_params():
   reference, _ = Tower(TEXT).apply({'params': params}, inputs)
   assert logits.dtype == jnp.float32
   np.testing.assert_allclose(logits, reference, atol=0.15)
+
+
+@pytest.mark.parametrize('policy', ['full', 'dots'])
+def test_rematerialisation_keeps_parameters_and_gradients(policy):
+  inputs = TowerInput.from_tokens(random_tokens(7, (2, 6), TEXT.vocab_size))
+  params = init(Tower(TEXT), inputs)
+  remat = Tower(dataclasses.replace(TEXT, remat=policy))
+  assert jax.tree.structure(init(remat, inputs)) == jax.tree.structure(params)
+  loss = lambda model: jax.grad(lambda p: model.apply({'params': p}, inputs)[0].mean())(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               loss(remat), loss(Tower(TEXT)))
+  with pytest.raises(ValueError, match='remat'):
+    dataclasses.replace(TEXT, remat='some')

@@ -1,0 +1,93 @@
+"""The `zipper` command: gin errors before compute, SIGTERM, evaluation of a run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import numpy as np
+import pytest
+
+from synthetic_tasks import SPEECH_VOCAB, TEXT_VOCAB
+from zipper_jax import checkpoints, main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FROZEN_TEXT = ['--gin_file=gin/models/tiny.gin', '--gin_file=gin/runs/zipper_frozen_text.gin']
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  yield
+  gin.clear_config(clear_constants=True)
+
+
+def test_misspelt_binding_fails_before_any_compute():
+  with pytest.raises(ValueError, match="'train' doesn't have a parameter named 'batch_sise'"):
+    main.main(['train', *TINY_FROZEN_TEXT, '--gin.train.batch_sise=3'])
+
+
+def test_missing_macro_is_named():
+  with pytest.raises(ValueError, match='MODEL_DIR'):
+    main.main(['train', *TINY_FROZEN_TEXT])
+
+
+def test_help_explains_each_command():
+  def help_text(*command):
+    return subprocess.run([sys.executable, '-m', 'zipper_jax.main', *command, '--help'],
+                          capture_output=True, text=True, cwd=REPO, check=True).stdout
+  top = help_text()
+  assert 'train' in top and 'eval' in top and '--gin.NAME=VALUE' in top
+  assert 'resuming from MODEL_DIR' in help_text('train') and '--gin_file' in help_text('train')
+  assert 'newest checkpoint' in help_text('eval')
+
+
+def experiment(tmp_path, steps):
+  """A tiny experiment gin file on the toy ASR task, as a user would write one."""
+  path = tmp_path / 'experiment.gin'
+  path.write_text(f"""
+import synthetic_tasks
+include 'gin/models/tiny.gin'
+include 'gin/runs/zipper_frozen_text.gin'
+TEXT_VOCAB_SIZE = {TEXT_VOCAB}
+SPEECH_VOCAB_SIZE = {SPEECH_VOCAB}
+MODEL_DIR = '{tmp_path / 'run'}'
+MIXTURE_OR_TASK_NAME = 'toy_asr'
+TASK_FEATURE_LENGTHS = {{'speech': 12, 'text': 6}}
+TRAIN_STEPS = {steps}
+BATCH_SIZE = 8
+train.log_every = 2
+train.peak_flops = 1e12
+""")
+  return str(path)
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
+  env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'), JAX_PLATFORMS='cpu')
+  process = subprocess.Popen(
+      [sys.executable, '-u', '-m', 'zipper_jax.main', 'train',
+       f'--gin_file={experiment(tmp_path, 100_000)}'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  for line in process.stdout:
+    if line.startswith('step') or time.time() > deadline:
+      break
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output
+  steps = os.listdir(tmp_path / 'run' / 'checkpoints')
+  assert len(steps) == 1 and int(steps[0]) >= 2
+  params = checkpoints.load_params(str(tmp_path / 'run'))
+  assert np.all(np.isfinite(params['speech']['block_0']['mlp']['up']['kernel']))
+
+  results = main.main(['eval', '--gin_file=gin/models/tiny.gin', '--gin_file=gin/models/zipper.gin',
+                       '--gin_file=gin/runs/eval.gin', f'--gin.TEXT_VOCAB_SIZE={TEXT_VOCAB}',
+                       f'--gin.SPEECH_VOCAB_SIZE={SPEECH_VOCAB}',
+                       f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.EVAL_TASKS=['toy_asr']",
+                       "--gin.TASK_FEATURE_LENGTHS={'speech': 12, 'text': 6}",
+                       '--gin.BATCH_SIZE=8', '--gin.evaluate_checkpoint.max_batches=2'])
+  assert results == 0
+  with open(tmp_path / 'run' / 'eval' / 'toy_asr.json') as f:
+    written = json.load(f)
+  assert 0 < written['eval/text/loss'] < 10 and written['eval/text/weight'] == 2 * 8 * 6
