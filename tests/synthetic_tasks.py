@@ -11,7 +11,7 @@ from zipper_jax.feature_converter import sequential_layout
 
 TEXT_VOCAB, SPEECH_VOCAB = 64, 48
 SPEECH_LENGTH, TEXT_LENGTH = 12, 6
-LENGTHS = {'speech': SPEECH_LENGTH, 'text': TEXT_LENGTH}
+LENGTHS = {'speech': SPEECH_LENGTH, 'text': TEXT_LENGTH, 'single': SPEECH_LENGTH + TEXT_LENGTH}
 
 
 def _examples(split, count=512):
@@ -28,9 +28,19 @@ def _source():
 
 
 def _features(*names):
-  vocabularies = {'speech': SPEECH_VOCAB, 'text': TEXT_VOCAB}
+  vocabularies = {'speech': SPEECH_VOCAB, 'text': TEXT_VOCAB,
+                  'single': TEXT_VOCAB + SPEECH_VOCAB}
   return {name: seqio.Feature(seqio.PassThroughVocabulary(vocabularies[name]), add_eos=False)
           for name in names}
+
+
+@seqio.map_over_dataset
+def _single_decoder_asr(ex):
+  """[speech; text] in the Single Decoder's vocabulary (speech ids after the text ones)."""
+  speech, text = ex['speech'] + TEXT_VOCAB, ex['text']
+  return {'single': tf.concat([speech, text], 0),
+          'single_weights': tf.concat([tf.zeros_like(speech, tf.float32),
+                                       tf.ones_like(text, tf.float32)], 0)}
 
 
 def _drop(*names):
@@ -41,6 +51,7 @@ for _name, _preprocessors, _features_of in (
     ('toy_asr', [sequential_layout(['speech', 'text'], loss_on=['text'])], ('speech', 'text')),
     ('toy_text_lm', [_drop('speech')], ('text',)),
     ('toy_speech_lm', [_drop('text')], ('speech',)),
+    ('toy_asr_single', [_single_decoder_asr], ('single',)),
 ):
   if _name not in seqio.TaskRegistry.names():
     seqio.TaskRegistry.add(_name, source=_source(), preprocessors=_preprocessors,

@@ -101,3 +101,25 @@ def test_a_mismatched_tower_checkpoint_names_the_parameter(tmp_path):
   run(tmp_path / 'text', 5, model=wide, task='toy_text_lm')
   with pytest.raises(ValueError, match=r'block_0/mlp/gate/kernel: shape \(32, 80\)'):
     run(tmp_path / 'zipped', 0, init_checkpoints={'text': str(tmp_path / 'text')})
+
+
+def test_single_decoder_grows_a_pretrained_text_checkpoint_and_trains(tmp_path):
+  text = models.TowerModel(TOWERS['text'], 'text')
+  single = models.SingleDecoderModel(TOWERS['text'], SPEECH_VOCAB)
+  run(tmp_path / 'text', 5, model=text, task='toy_text_lm')
+  start = run(tmp_path / 'single', 0, model=single, task='toy_asr_single',
+              init_checkpoints={'text': str(tmp_path / 'text')})
+  batch = next(data.get_dataset('toy_text_lm', LENGTHS, ('text',), 16).as_numpy_iterator())
+  pretrained = checkpoints.load_params(str(tmp_path / 'text'))
+  inputs = text.inputs(batch)
+  grown = single.module.apply({'params': start.all_params}, inputs['text'])[0]
+  np.testing.assert_allclose(grown[..., :TEXT_VOCAB], text.apply(pretrained, inputs)['text'],
+                             atol=1e-5)
+
+  calls = []
+  hook = lambda step, model, params: calls.append(step) or {'hook/step': step}
+  state = run(tmp_path / 'single', 10, model=single, task='toy_asr_single',
+              init_checkpoints={'text': str(tmp_path / 'text')}, eval_every=5,
+              eval_batches=2, eval_hooks=[hook])
+  assert calls == [5, 10]
+  assert np.all(np.isfinite(state.all_params['embedder']['embedding']))
