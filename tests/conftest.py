@@ -1,9 +1,13 @@
 """Test set-up: 8 fake CPU devices for sharding tests (set before JAX is first imported)."""
 import os
+import tempfile
 
 if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=8').strip()
+
+# The speech-text tasks read their corpus from here; the `corpus` fixture writes a toy one.
+os.environ['ZIPPER_CORPUS_DIR'] = tempfile.mkdtemp(prefix='zipper_corpus_')
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -58,3 +62,10 @@ def init(model, inputs, seed=0):
 def two_way_zipper():
   model = Zipper(ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY))
   return model, open_gates(init(model, asr_inputs()))
+
+
+@pytest.fixture(scope='session')
+def corpus():
+  """The toy corpus's sentences, written to $ZIPPER_CORPUS_DIR once per test process."""
+  import toy_corpus
+  return toy_corpus.write_corpus(os.environ['ZIPPER_CORPUS_DIR'])

@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import optax
 import pytest
+import seqio
 
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
-from zipper_jax import checkpoints, data, models, optimizer, train
+from zipper_jax import checkpoints, data, models, optimizer, train, vocabularies
 from zipper_jax.zipper import ZipperConfig
 
 TOWERS = {'text': dataclasses.replace(TEXT, vocab_size=TEXT_VOCAB),
@@ -123,3 +124,10 @@ def test_single_decoder_grows_a_pretrained_text_checkpoint_and_trains(tmp_path):
               eval_batches=2, eval_hooks=[hook])
   assert calls == [5, 10]
   assert np.all(np.isfinite(state.all_params['embedder']['embedding']))
+
+
+def test_a_run_keeps_its_vocabularies(tmp_path):
+  run(tmp_path, 0)
+  loaded = vocabularies.load_vocabularies(str(tmp_path))
+  assert loaded == {'speech': seqio.PassThroughVocabulary(SPEECH_VOCAB),
+                    'text': seqio.PassThroughVocabulary(TEXT_VOCAB)}

@@ -30,14 +30,18 @@ MODEL_SUFFIXES = ('input_tokens', 'target_tokens', 'loss_weights', 'positions', 
 _LAYOUT = ('interleaved', 'weights')
 
 
-def sequential_layout(order: Sequence[str], loss_on: Sequence[str]):
-  """A seqio preprocessor: towers' tokens follow each other in `order`; loss on `loss_on` only."""
+def sequential_layout(order: Sequence[str], loss_on: Sequence[str], absent: Sequence[str] = ()):
+  """A seqio preprocessor: towers' tokens follow each other in `order`; loss on `loss_on` only.
+
+  Towers in `absent` (empty in these examples) get an empty layout, so that tasks with different
+  modalities share one structure and can be mixed.
+  """
 
   @seqio.map_over_dataset
   def layout(example):
     example = dict(example)
     offset = tf.constant(0, tf.int32)
-    for name in order:
+    for name in (*order, *absent):
       length = tf.size(example[name], out_type=tf.int32)
       example[f'{name}_interleaved'] = offset + tf.range(length, dtype=tf.int32)
       example[f'{name}_weights'] = tf.fill([length], 1.0 if name in loss_on else 0.0)

@@ -21,11 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import seqio
 import tqdm
 from clu import metric_writers
 from jax.sharding import NamedSharding, PartitionSpec
 
-from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning
+from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning, vocabularies
 from zipper_jax.models import Model
 
 
@@ -149,6 +150,8 @@ def train(model: Model = gin.REQUIRED, *,
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
       f.write(gin.config_str())
+    features = seqio.get_mixture_or_task(mixture_or_task_name).output_features
+    vocabularies.save_vocabularies(model_dir, {t: features[t].vocabulary for t in towers})
   restored = checkpointer.restore_latest(abstract_params, abstract_opt)
   if restored is not None:
     step, params, opt_state, meta = restored

@@ -1,0 +1,153 @@
+"""Tasks and mixtures of the speech-text corpus, registered on import.
+
+The corpus lives in `$ZIPPER_CORPUS_DIR` (default `~/.cache/zipper_jax/corpus`), read when a
+dataset is first built, not at import:
+
+  text_vocab.model            SentencePiece model trained on the text-only split
+  splits/<split>.jsonl        one utterance a line: {"id": ..., "text": ..., "units": [...]}
+                              (text-only lines have no units, unlabeled speech no text)
+
+Corpus splits: `text_only` (text tower pre-training), `speech_only` (speech tower pre-training),
+`aligned` (ASR/TTS fine-tuning, stored in a seeded random order so that every fraction is a
+prefix: the 1% subset lies inside the 10%), `validation`, `test_clean`, `test_other`.
+
+Zipper tasks carry both modalities (`text`, `speech`; an absent one is empty) and their
+interleaved layout: `text_lm`, `speech_lm`, `asr`, `tts`, with `_10pct` and `_1pct` variants of
+the aligned ones. Single Decoder tasks carry one sequence `single`: `single_text_lm`,
+`single_speech_lm`, `single_asr`, `single_tts` (and fractions). Mixtures: `asr_tts` (the paper's
+fine-tuning mix) and `asr_tts_unimodal` (plus the unimodal LM tasks, to preserve each tower's
+ability), each with fractions and `single_` twins; rates come from `mixture_rates`.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+
+import gin
+import seqio
+import tensorflow as tf
+
+from tasks import preprocessors
+from zipper_jax.vocabularies import SpeechUnitVocabulary
+
+CORPUS_DIR = os.environ.get('ZIPPER_CORPUS_DIR',
+                            os.path.expanduser('~/.cache/zipper_jax/corpus'))
+FRACTIONS = {'': 1.0, '_10pct': 0.1, '_1pct': 0.01}
+
+TEXT_VOCABULARY = seqio.SentencePieceVocabulary(os.path.join(CORPUS_DIR, 'text_vocab.model'))
+SPEECH_VOCABULARY = SpeechUnitVocabulary()
+VOCABULARIES = {'text': TEXT_VOCABULARY, 'speech': SPEECH_VOCABULARY}
+
+
+def read_split(split: str, fraction: float = 1.0) -> tf.data.Dataset:
+  """The first `fraction` of a corpus split, as {'id', 'text', 'units'} examples."""
+  path = os.path.join(CORPUS_DIR, 'splits', f'{split}.jsonl')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'corpus split {split!r} not found at {path}: build the corpus '
+                            '(`zipper corpus`) or point $ZIPPER_CORPUS_DIR at one')
+  with open(path) as f:
+    count = sum(1 for _ in f)
+  keep = max(1, math.ceil(fraction * count))
+
+  def lines():
+    with open(path) as f:
+      for _, line in zip(range(keep), f):
+        record = json.loads(line)
+        yield {'id': record['id'], 'text': record.get('text', ''),
+               'units': record.get('units', [])}
+
+  return tf.data.Dataset.from_generator(lines, output_signature={
+      'id': tf.TensorSpec([], tf.string), 'text': tf.TensorSpec([], tf.string),
+      'units': tf.TensorSpec([None], tf.int32)})
+
+
+def source(train_split: str, fraction: float = 1.0) -> seqio.FunctionDataSource:
+  """Train from `train_split` (a fraction of it), evaluate on the held-out and test splits."""
+  splits = {'train': (train_split, fraction), 'validation': ('validation', 1.0),
+            'test_clean': ('test_clean', 1.0), 'test_other': ('test_other', 1.0)}
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed  # one file a split; seqio shuffles examples
+    return read_split(*splits[split])
+
+  return seqio.FunctionDataSource(dataset_fn, splits=tuple(splits))
+
+
+@seqio.map_over_dataset
+def _rename_units(example):
+  return {'text': example['text'], 'speech': example['units']}
+
+
+# (name, corpus split, modalities present, interleaved order, loss on)
+TASKS = (
+    ('text_lm', 'text_only', ('text',), ('text',), ('text',)),
+    ('speech_lm', 'speech_only', ('speech',), ('speech',), ('speech',)),
+    ('asr', 'aligned', ('speech', 'text'), ('speech', 'text'), ('text',)),
+    ('tts', 'aligned', ('text', 'speech'), ('text', 'speech'), ('speech',)),
+)
+
+
+def _register(name, split, present, order, loss_on, fraction):
+  common = [_rename_units, preprocessors.encode(name, VOCABULARIES, present),
+            preprocessors.check_tokens(name, VOCABULARIES, present)]
+  seqio.TaskRegistry.add(
+      name, source=source(split, fraction),
+      preprocessors=common + [preprocessors.sequential_layout(
+          order, loss_on, absent=[m for m in VOCABULARIES if m not in present])],
+      output_features={**{m: seqio.Feature(v, add_eos=False) for m, v in VOCABULARIES.items()},
+                       **preprocessors.layout_features(VOCABULARIES)})
+  single = f'single_{name}'
+  seqio.TaskRegistry.add(
+      single, source=source(split, fraction),
+      preprocessors=common + [preprocessors.single_decoder_sequence(
+          order, loss_on, TEXT_VOCABULARY)],
+      output_features={'single': seqio.Feature(_SingleVocabulary(), add_eos=False),
+                       'single_weights': preprocessors.layout_features(['single'])[
+                           'single_weights']})
+
+
+class _SingleVocabulary(seqio.PassThroughVocabulary):
+  """The Single Decoder's ids: text ids, then speech ids shifted past them. Its size is read
+  off the text vocabulary when first needed, so importing this module reads no file."""
+
+  def __init__(self):
+    super().__init__(size=0)
+
+  @property
+  def _base_vocab_size(self):
+    return TEXT_VOCABULARY.vocab_size + SPEECH_VOCABULARY.vocab_size
+
+  @property
+  def size(self):
+    return self._base_vocab_size
+
+
+@gin.configurable
+def mixture_rates(asr: float = 1.0, tts: float = 1.0, text_lm: float = 0.5,
+                  speech_lm: float = 0.5) -> dict[str, float]:
+  """Sampling rates of the mixtures' tasks, read when a mixture's dataset is built."""
+  return {'asr': asr, 'tts': tts, 'text_lm': text_lm, 'speech_lm': speech_lm}
+
+
+def _rate(kind: str, task) -> float:
+  del task
+  return mixture_rates()[kind]
+
+
+def _register_all():
+  for suffix, fraction in FRACTIONS.items():
+    for name, split, present, order, loss_on in TASKS:
+      if split == 'aligned' or not suffix:
+        _register(name + suffix, split, present, order, loss_on, fraction)
+    for prefix in ('', 'single_'):
+      cross = [(f'{prefix}{kind}{suffix}', functools.partial(_rate, kind))
+               for kind in ('asr', 'tts')]
+      unimodal = [(f'{prefix}{kind}', functools.partial(_rate, kind))
+                  for kind in ('text_lm', 'speech_lm')]
+      seqio.MixtureRegistry.add(f'{prefix}asr_tts{suffix}', cross)
+      seqio.MixtureRegistry.add(f'{prefix}asr_tts_unimodal{suffix}', cross + unimodal)
+
+
+_register_all()

@@ -1,0 +1,43 @@
+"""A small corpus in the on-disk layout `tasks/speech_text.py` reads, made of generated
+sentences and units that are a fixed function of their characters."""
+import json
+import os
+
+import numpy as np
+
+from zipper_jax.vocabularies import train_text_vocabulary
+
+WORDS = ('the a one every small big red old young happy dog cat bird horse child man woman '
+         'sees finds likes follows hears carries near under over beside house tree river road '
+         'garden quickly slowly today again').split()
+SIZES = {'text_only': 300, 'speech_only': 200, 'aligned': 200, 'validation': 40,
+         'test_clean': 40, 'test_other': 40}
+
+
+def units_of(sentence):
+  return [(ord(c) * 37 + i % 2) % 1024 for c in sentence for i in range(2)]
+
+
+def write_corpus(directory, seed=0):
+  rng = np.random.default_rng(seed)
+  sentences, seen = [], set()
+  while len(sentences) < sum(SIZES.values()):
+    sentence = ' '.join(rng.choice(WORDS, rng.integers(4, 9)))
+    if sentence not in seen:
+      seen.add(sentence)
+      sentences.append(sentence)
+  os.makedirs(os.path.join(directory, 'splits'), exist_ok=True)
+  start = 0
+  for split, size in SIZES.items():
+    with open(os.path.join(directory, 'splits', f'{split}.jsonl'), 'w') as f:
+      for i, sentence in enumerate(sentences[start:start + size]):
+        record = {'id': f'{split}-{i}'}
+        if split != 'speech_only':
+          record['text'] = sentence
+        if split != 'text_only':
+          record['units'] = units_of(sentence)
+        f.write(json.dumps(record) + '\n')
+    start += size
+  train_text_vocabulary(sentences[:SIZES['text_only']],
+                        os.path.join(directory, 'text_vocab'), vocab_size=120)
+  return sentences

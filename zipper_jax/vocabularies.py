@@ -1,0 +1,116 @@
+"""Vocabularies of the towers, and how a run keeps them beside its checkpoints.
+
+Text: a SentencePiece model (seqio's `SentencePieceVocabulary`; 0 = padding, 1 = end of
+sentence). Speech: k-means units and begin/end of audio, placed so that no speech id is 0, the
+padding id every feature converter relies on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Iterable, Mapping, Sequence
+
+import seqio
+import sentencepiece as spm
+import tensorflow as tf
+
+NUM_UNITS = 1024
+
+
+class SpeechUnitVocabulary(seqio.Vocabulary):
+  """Unit u <-> id u + 1; begin of audio = num_units + 1, end of audio = num_units + 2.
+
+  `size` is num_units + 3: the paper's 1026 speech tokens plus the padding id 0.
+  """
+
+  def __init__(self, num_units: int = NUM_UNITS):
+    self.num_units = num_units
+    super().__init__()
+
+  @property
+  def bos_id(self) -> int:
+    return self.num_units + 1
+
+  @property
+  def eos_id(self) -> int:
+    return self.num_units + 2
+
+  @property
+  def unk_id(self) -> None:
+    return None
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.num_units + 3
+
+  def _encode(self, units: Sequence[int]) -> list[int]:
+    bad = [u for u in units if not 0 <= u < self.num_units]
+    if bad:
+      raise ValueError(f'speech units {bad[:5]} are outside [0, {self.num_units})')
+    return [u + 1 for u in units]
+
+  def _decode(self, ids: Iterable[int]) -> list[int]:
+    return [i - 1 for i in ids if 1 <= i <= self.num_units]
+
+  def _encode_tf(self, units: tf.Tensor) -> tf.Tensor:
+    """Units outside [0, num_units) become 0, the padding id, for `check_tokens` to report."""
+    units = tf.convert_to_tensor(units)
+    return tf.where((units >= 0) & (units < self.num_units), units + 1, tf.zeros_like(units))
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    return tf.boolean_mask(ids - 1, (ids >= 1) & (ids <= self.num_units))
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, SpeechUnitVocabulary) and other.num_units == self.num_units
+
+  def __str__(self) -> str:
+    return f'SpeechUnitVocabulary(num_units={self.num_units})'
+
+
+def train_text_vocabulary(sentences: Iterable[str], model_prefix: str,
+                          vocab_size: int) -> seqio.SentencePieceVocabulary:
+  """A unigram SentencePiece model over `sentences`, with seqio's id layout (pad 0, eos 1).
+
+  One training thread keeps the model a function of the sentences alone.
+  """
+  os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_prefix=model_prefix, vocab_size=vocab_size,
+      model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+      hard_vocab_limit=False, num_threads=1, minloglevel=2)
+  return seqio.SentencePieceVocabulary(f'{model_prefix}.model')
+
+
+def save_vocabularies(directory: str, vocabularies: Mapping[str, seqio.Vocabulary]) -> None:
+  """Writes a run's vocabularies under `directory/vocabularies`, so its checkpoints can be read
+  back into text and units without the corpus they were trained on."""
+  out = os.path.join(directory, 'vocabularies')
+  os.makedirs(out, exist_ok=True)
+  index = {}
+  for name, vocabulary in vocabularies.items():
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+      shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(out, f'{name}.model'))
+      index[name] = {'kind': 'sentencepiece', 'file': f'{name}.model'}
+    elif isinstance(vocabulary, SpeechUnitVocabulary):
+      index[name] = {'kind': 'speech_units', 'num_units': vocabulary.num_units}
+    elif isinstance(vocabulary, seqio.PassThroughVocabulary):
+      index[name] = {'kind': 'pass_through', 'size': vocabulary.vocab_size,
+                     'eos_id': vocabulary.eos_id}
+    else:
+      raise TypeError(f'cannot save vocabulary {name!r} of type {type(vocabulary).__name__}')
+  with open(os.path.join(out, 'index.json'), 'w') as f:
+    json.dump(index, f, indent=2)
+
+
+def load_vocabularies(directory: str) -> dict[str, seqio.Vocabulary]:
+  """Inverse of `save_vocabularies`."""
+  root = os.path.join(directory, 'vocabularies')
+  with open(os.path.join(root, 'index.json')) as f:
+    index = json.load(f)
+  loaders = {
+      'sentencepiece': lambda e: seqio.SentencePieceVocabulary(os.path.join(root, e['file'])),
+      'speech_units': lambda e: SpeechUnitVocabulary(e['num_units']),
+      'pass_through': lambda e: seqio.PassThroughVocabulary(e['size'], e['eos_id']),
+  }
+  return {name: loaders[entry['kind']](entry) for name, entry in index.items()}
