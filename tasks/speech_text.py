@@ -30,14 +30,14 @@ import seqio
 import tensorflow as tf
 
 from tasks import preprocessors
-from zipper_jax.vocabularies import SpeechUnitVocabulary
+from zipper_jax.vocabularies import UnitVocabulary
 
 CORPUS_DIR = os.environ.get('ZIPPER_CORPUS_DIR',
                             os.path.expanduser('~/.cache/zipper_jax/corpus'))
 FRACTIONS = {'': 1.0, '_10pct': 0.1, '_1pct': 0.01}
 
 TEXT_VOCABULARY = seqio.SentencePieceVocabulary(os.path.join(CORPUS_DIR, 'text_vocab.model'))
-SPEECH_VOCABULARY = SpeechUnitVocabulary()
+SPEECH_VOCABULARY = UnitVocabulary()
 VOCABULARIES = {'text': TEXT_VOCABULARY, 'speech': SPEECH_VOCABULARY}
 
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tasks.speech_text as speech_text
 from tasks import preprocessors
-from zipper_jax.vocabularies import SpeechUnitVocabulary, load_vocabularies, save_vocabularies
+from zipper_jax.vocabularies import UnitVocabulary, load_vocabularies, save_vocabularies
 from toy_corpus import SIZES, units_of
 
 TEXT, SPEECH = speech_text.TEXT_VOCABULARY, speech_text.SPEECH_VOCABULARY
@@ -102,7 +102,7 @@ def _bad_task(name, records, present=('speech', 'text')):
   source = seqio.FunctionDataSource(
       lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(records),
       splits=['train'])
-  vocabularies = {'speech': SpeechUnitVocabulary(), 'text': seqio.PassThroughVocabulary(10, 1)}
+  vocabularies = {'speech': UnitVocabulary(), 'text': seqio.PassThroughVocabulary(10, 1)}
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(name, source=source, output_features={
       k: seqio.Feature(v, add_eos=False) for k, v in vocabularies.items()}, preprocessors=[

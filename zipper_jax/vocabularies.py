@@ -18,10 +18,11 @@ import tensorflow as tf
 NUM_UNITS = 1024
 
 
-class SpeechUnitVocabulary(seqio.Vocabulary):
-  """Unit u <-> id u + 1; begin of audio = num_units + 1, end of audio = num_units + 2.
+class UnitVocabulary(seqio.Vocabulary):
+  """Discrete units of any modality (speech units, image or sensor codes).
 
-  `size` is num_units + 3: the paper's 1026 speech tokens plus the padding id 0.
+  Unit u <-> id u + 1; begin = num_units + 1, end = num_units + 2. For speech `size` is 1027:
+  the paper's 1026 tokens (1024 units, begin and end of audio) plus the padding id 0.
   """
 
   def __init__(self, num_units: int = NUM_UNITS):
@@ -62,10 +63,10 @@ class SpeechUnitVocabulary(seqio.Vocabulary):
     return tf.boolean_mask(ids - 1, (ids >= 1) & (ids <= self.num_units))
 
   def __eq__(self, other) -> bool:
-    return isinstance(other, SpeechUnitVocabulary) and other.num_units == self.num_units
+    return isinstance(other, UnitVocabulary) and other.num_units == self.num_units
 
   def __str__(self) -> str:
-    return f'SpeechUnitVocabulary(num_units={self.num_units})'
+    return f'UnitVocabulary(num_units={self.num_units})'
 
 
 def train_text_vocabulary(sentences: Iterable[str], model_prefix: str,
@@ -92,8 +93,8 @@ def save_vocabularies(directory: str, vocabularies: Mapping[str, seqio.Vocabular
     if isinstance(vocabulary, seqio.SentencePieceVocabulary):
       shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(out, f'{name}.model'))
       index[name] = {'kind': 'sentencepiece', 'file': f'{name}.model'}
-    elif isinstance(vocabulary, SpeechUnitVocabulary):
-      index[name] = {'kind': 'speech_units', 'num_units': vocabulary.num_units}
+    elif isinstance(vocabulary, UnitVocabulary):
+      index[name] = {'kind': 'units', 'num_units': vocabulary.num_units}
     elif isinstance(vocabulary, seqio.PassThroughVocabulary):
       index[name] = {'kind': 'pass_through', 'size': vocabulary.vocab_size,
                      'eos_id': vocabulary.eos_id}
@@ -110,7 +111,7 @@ def load_vocabularies(directory: str) -> dict[str, seqio.Vocabulary]:
     index = json.load(f)
   loaders = {
       'sentencepiece': lambda e: seqio.SentencePieceVocabulary(os.path.join(root, e['file'])),
-      'speech_units': lambda e: SpeechUnitVocabulary(e['num_units']),
+      'units': lambda e: UnitVocabulary(e['num_units']),
       'pass_through': lambda e: seqio.PassThroughVocabulary(e['size'], e['eos_id']),
   }
   return {name: loaders[entry['kind']](entry) for name, entry in index.items()}
