@@ -11,7 +11,10 @@ import logging
 import os
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 ITEMS = ('params', 'opt_state', 'meta')
 
@@ -37,7 +40,7 @@ class Checkpointer:
     The abstract trees (`jax.ShapeDtypeStruct`s with shardings) say where every array goes, so a
     checkpoint restores onto whatever mesh the run now has.
     """
-    found = _newest_readable(self.manager, self.directory, ocp.args.Composite(
+    found = _newest_readable(self.manager, self.directory, lambda step: ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
         opt_state=ocp.args.StandardRestore(abstract_opt_state),
         meta=ocp.args.JsonRestore()))
@@ -56,25 +59,38 @@ class Checkpointer:
 def load_params(model_dir: str, abstract_params=None):
   """The parameters of the newest readable checkpoint of the run in `model_dir`.
 
-  Without `abstract_params` they come back as saved (e.g. a pre-trained tower to zip).
+  Without `abstract_params` they come back replicated on every device, whatever topology
+  saved them (e.g. a pre-trained tower to zip).
   """
   directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'no checkpoints under {model_dir!r} (looked for {directory})')
-  manager = ocp.CheckpointManager(directory, item_names=ITEMS,
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  found = _newest_readable(manager, directory, ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params)))
+  manager = ocp.CheckpointManager(
+      directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={'params': ocp.StandardCheckpointHandler(),
+                     'opt_state': ocp.StandardCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()})
+
+  def args(step):
+    target = abstract_params
+    if target is None:
+      replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), PartitionSpec())
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+                            manager.item_metadata(step)['params'])
+    return ocp.args.Composite(params=ocp.args.StandardRestore(target))
+
+  found = _newest_readable(manager, directory, args)
   if found is None:
     raise FileNotFoundError(f'no readable checkpoint under {directory}')
   return found[1].params
 
 
 def _newest_readable(manager, directory: str, args):
-  """(step, restored items) of the newest step that restores, or None."""
+  """(step, restored items) of the newest step that restores, or None; `args(step)` says what
+  to restore."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return step, manager.restore(step, args=args)
+      return step, manager.restore(step, args=args(step))
     except Exception as e:  # noqa: BLE001 -- any unreadable step falls back to the previous
       logging.warning('checkpoint step %d in %s is unreadable (%s: %s); trying the one before',
                       step, directory, type(e).__name__, e)

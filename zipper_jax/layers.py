@@ -17,6 +17,7 @@ Dtype = Any
 Initializer = Any
 partitioned = nn.with_logical_partitioning
 constrain = nn.with_logical_constraint
+KV_AXES = ('batch', 'length', 'kv_heads', 'kv')  # keys and values, as computed and as cached
 
 
 class Dense(nn.Module):
@@ -150,8 +151,7 @@ class Attention(nn.Module):
     keys, values = self.key(x), self.value(x)
     if self.rope_theta is not None:
       keys = apply_rotary(keys, positions, self.rope_theta)
-    axes = ('batch', 'length', 'kv_heads', 'kv')
-    return constrain(keys, axes), constrain(values, axes)
+    return constrain(keys, KV_AXES), constrain(values, KV_AXES)
 
   def attend(self, x, keys, values, mask, positions=None):
     """`mask` is [batch, 1, queries, keys]; a query with no visible key outputs exactly zero."""

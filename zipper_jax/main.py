@@ -17,8 +17,9 @@ import sys
 from typing import Mapping, Sequence
 
 import gin
+import jax
 
-from zipper_jax import checkpoints, models, partitioning, train as train_lib
+from zipper_jax import checkpoints, data, models, partitioning, train as train_lib
 from zipper_jax import optimizer  # noqa: F401 -- registers its gin configurables
 from zipper_jax.tower import TowerConfig
 from zipper_jax.zipper import ZipperConfig
@@ -28,7 +29,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for _configurable in (TowerConfig, ZipperConfig, models.ZipperModel, models.TowerModel,
                       models.SingleDecoderModel):
   gin.external_configurable(_configurable)
-gin.external_configurable(partitioning.make_mesh)
+gin.external_configurable(partitioning.Partitioner)
 
 
 @gin.configurable
@@ -50,10 +51,39 @@ def evaluate_checkpoint(model: models.Model = gin.REQUIRED, *, model_dir: str = 
   return results
 
 
-def parse_gin(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+@gin.configurable
+def print_layout(model: models.Model = gin.REQUIRED, *,
+                 task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                 batch_size: int = gin.REQUIRED,
+                 partitioner: partitioning.Partitioner = partitioning.Partitioner(),
+                 num_devices: int | None = None) -> str:
+  """Every parameter's shape, logical axes, mesh sharding and bytes per device over
+  `num_devices` (default: those present): a layout to check before paying for a pod. Shapes
+  only; nothing is allocated."""
+  example = data.dummy_batch(model.towers, task_feature_lengths, batch_size)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), example)
+  table = partitioning.describe_layout(boxed, partitioner, num_devices)
+  print(table)
+  return table
+
+
+def initialize_distributed(args) -> None:
+  """Joins the processes of a multi-host run (TPU pod slice, SLURM, Kubernetes, local launcher).
+
+  With `--coordinator_address` the topology is explicit; with `--distributed` alone JAX detects
+  it from the environment the cluster sets.
+  """
+  if args.coordinator_address:
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  elif args.distributed:
+    jax.distributed.initialize()
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True) -> None:
+  """Parses (and checks) the config; `finalize` also requires every `%gin.REQUIRED` macro."""
   for path in (os.getcwd(), REPO_ROOT):
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=True)
+  gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=finalize)
 
 
 def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -76,12 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest='command', required=True)
   for name, help_text in (
       ('train', 'Train the model a gin run file describes (train.*), resuming from MODEL_DIR.'),
-      ('eval', 'Evaluate the newest checkpoint in MODEL_DIR (evaluate_checkpoint.*).')):
+      ('eval', 'Evaluate the newest checkpoint in MODEL_DIR (evaluate_checkpoint.*).'),
+      ('layout', 'Print every parameter\'s shape, logical axes, mesh sharding and bytes per '
+                 'device for a gin config (print_layout.*), without allocating it.')):
     command = commands.add_parser(name, help=help_text, description=help_text)
     command.add_argument('--gin_file', action='append', default=[], required=True,
                          help='gin file to parse; repeat to combine (model, run, experiment)')
     command.add_argument('--print_config', action='store_true',
                          help='print the operative gin config when done')
+    command.add_argument('--distributed', action='store_true',
+                         help='multi-host: join the other processes, topology auto-detected '
+                              '(TPU pod slice, SLURM, Kubernetes)')
+    command.add_argument('--coordinator_address', help='multi-host: HOST:PORT of process 0')
+    command.add_argument('--num_processes', type=int, help='multi-host: number of processes')
+    command.add_argument('--process_id', type=int, help='multi-host: this process\'s index')
   parser.epilog = 'Gin bindings: --gin.NAME=VALUE, e.g. --gin.TRAIN_STEPS=100'
   return parser
 
@@ -90,9 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
   argv, bindings = split_gin_bindings(sys.argv[1:] if argv is None else argv)
   args = build_parser().parse_args(argv)
-  parse_gin(args.gin_file, bindings)
+  # A layout needs shapes only, not the run's directory, data or length.
+  parse_gin(args.gin_file, bindings, finalize=args.command != 'layout')
+  initialize_distributed(args)
   if args.command == 'train':
     train_lib.train()
+  elif args.command == 'layout':
+    print_layout()
   else:
     results = evaluate_checkpoint()
     print(json.dumps(results, indent=2))

@@ -9,12 +9,17 @@ whose `batch` took `fsdp` first, keep `embed` whole.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+import dataclasses
+import functools
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
+
+from zipper_jax.layers import KV_AXES, KVCache
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -34,20 +39,77 @@ DEFAULT_RULES = (
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), axis_names: Sequence[str] = MESH_AXES,
-              devices=None) -> Mesh:
-  """A device mesh; one -1 in `shape` takes all the devices the others leave."""
+              devices=None, dcn_shape: Sequence[int] | None = None) -> Mesh:
+  """A device mesh; one -1 in `shape` takes all the devices the others leave.
+
+  `dcn_shape` (multi-slice TPU, or several GPU hosts) splits each axis further across slices or
+  hosts, which talk over the data-centre network: e.g. shape (-1, 8, 1) with dcn_shape
+  (4, 1, 1) keeps FSDP inside a slice and data parallelism across 4 slices. `shape` is then the
+  per-slice shape.
+  """
   devices = np.asarray(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(shape, devices.size, dcn_shape)
+  axis_types = (AxisType.Auto,) * len(shape)
+  if dcn_shape:
+    grid = mesh_utils.create_hybrid_device_mesh(shape, dcn_shape, devices.ravel().tolist())
+    return Mesh(grid, tuple(axis_names), axis_types=axis_types)
+  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=axis_types,
+                       devices=devices.ravel().tolist())
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int,
+                       dcn_shape: Sequence[int] | None = None) -> tuple[int, ...]:
+  """`shape` with its -1 filled so that it (times `dcn_shape`) covers `num_devices` exactly."""
+  granules = int(np.prod(dcn_shape)) if dcn_shape else 1
   shape = list(shape)
   if shape.count(-1) > 1:
     raise ValueError(f'mesh shape {shape}: at most one axis may be -1')
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
-    shape[shape.index(-1)] = devices.size // known
-  if int(np.prod(shape)) != devices.size:
-    raise ValueError(f'mesh shape {tuple(shape)} over axes {tuple(axis_names)} does not use '
-                     f'exactly the {devices.size} devices')
-  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape),
-                       devices=devices.ravel().tolist())
+    shape[shape.index(-1)] = num_devices // granules // known
+  if int(np.prod(shape)) * granules != num_devices:
+    raise ValueError(f'mesh shape {tuple(shape)} (x dcn {tuple(dcn_shape or ())}) does not use '
+                     f'exactly the {num_devices} devices')
+  return tuple(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+  """The mesh and the logical axis rules of a run (gin: `train.partitioner = @Partitioner()`).
+
+  Parameters, optimizer state, batches and decode caches all get their shardings here, from
+  the logical axis names the layers give them.
+  """
+  mesh_shape: Sequence[int] = (-1, 1, 1)
+  dcn_mesh_shape: Sequence[int] | None = None
+  rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
+  num_devices: int | None = None  # the first N devices only (e.g. to restore onto fewer)
+
+  @functools.cached_property
+  def mesh(self) -> Mesh:
+    devices = jax.devices()[:self.num_devices] if self.num_devices else None
+    return make_mesh(self.mesh_shape, devices=devices, dcn_shape=self.dcn_mesh_shape)
+
+  def shardings(self, boxed_tree):
+    """NamedShardings for a tree of boxed (logically named) arrays or shapes."""
+    return logical_to_sharding(nn.get_partition_spec(boxed_tree), self.mesh, self.rules)
+
+  def sharding(self, logical_axes: Sequence[str | None]) -> NamedSharding:
+    return NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(logical_axes), self.rules))
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return self.sharding(('batch',))
+
+  def cache_shardings(self, caches):
+    """Shardings of decode caches (any tree of `KVCache`s)."""
+    def of(cache: KVCache):
+      kv, coords = self.sharding(KV_AXES), self.sharding(('batch', 'length'))
+      return KVCache(kv, kv, coords, coords, self.sharding(()))
+    return jax.tree.map(of, caches, is_leaf=lambda x: isinstance(x, KVCache))
+
+  def context(self):
+    return sharding_context(self.mesh, self.rules)
 
 
 @contextlib.contextmanager
@@ -75,3 +137,33 @@ def init_sharded(model: nn.Module, rng, *inputs, mesh: Mesh, rules=DEFAULT_RULES
   shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
   params = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(rng)
   return params, shardings
+
+
+def describe_layout(boxed_params, partitioner: Partitioner, num_devices: int | None = None) -> str:
+  """A table of every parameter: shape, logical axes, mesh axes and bytes per device.
+
+  Computed from shapes alone over `num_devices` (default: those present), so a layout for a pod
+  can be checked on a laptop.
+  """
+  num_devices = num_devices or jax.device_count()
+  mesh_shape = resolve_mesh_shape(partitioner.mesh_shape, num_devices, partitioner.dcn_mesh_shape)
+  if partitioner.dcn_mesh_shape:
+    mesh_shape = tuple(a * b for a, b in zip(mesh_shape, partitioner.dcn_mesh_shape))
+  axis_sizes = dict(zip(MESH_AXES, mesh_shape))
+  rows, total = [], 0
+  for (path, leaf), spec in zip(jax.tree_util.tree_leaves_with_path(nn.unbox(boxed_params)),
+                                jax.tree.leaves(nn.get_partition_spec(boxed_params))):
+    mesh_axes = nn.logical_to_mesh_axes(tuple(spec), partitioner.rules)
+    splits = [int(np.prod([axis_sizes[a] for a in ((m,) if isinstance(m, str) else m or ())]))
+              for m in tuple(mesh_axes) + (None,) * (len(leaf.shape) - len(mesh_axes))]
+    per_device = int(np.prod([-(-d // k) for d, k in zip(leaf.shape, splits)]))
+    per_device *= np.dtype(leaf.dtype).itemsize
+    total += per_device
+    rows.append((jax.tree_util.keystr(path, simple=True, separator='/'), str(leaf.shape),
+                 str(tuple(spec)), str(tuple(mesh_axes)), f'{per_device:,}'))
+  header = ('parameter', 'shape', 'logical axes', 'mesh axes', 'bytes/device')
+  widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+  line = lambda r: '  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+  mesh = ', '.join(f'{k}={v}' for k, v in axis_sizes.items())
+  return '\n'.join([f'mesh: {mesh} ({num_devices} devices)', line(header), *map(line, rows),
+                    f'parameters per device: {total:,} bytes'])

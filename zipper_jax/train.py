@@ -24,7 +24,6 @@ import optax
 import seqio
 import tqdm
 from clu import metric_writers
-from jax.sharding import NamedSharding, PartitionSpec
 
 from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning, vocabularies
 from zipper_jax.models import Model
@@ -103,10 +102,10 @@ def train(model: Model = gin.REQUIRED, *,
           frozen_towers: Sequence[str] = (),
           init_checkpoints: Mapping[str, str] | None = None,
           pack: bool = False,
+          host_sharding: str = 'examples',
           seed: int = 0,
           num_microbatches: int = 1,
-          mesh_shape: Sequence[int] = (-1, 1, 1),
-          axis_rules=partitioning.DEFAULT_RULES,
+          partitioner: partitioning.Partitioner = partitioning.Partitioner(),
           checkpoint_every: int = 1000,
           keep_checkpoints: int = 3,
           log_every: int = 50,
@@ -125,7 +124,6 @@ def train(model: Model = gin.REQUIRED, *,
   if batch_size % num_microbatches:
     raise ValueError(f'batch_size={batch_size} is not a multiple of '
                      f'num_microbatches={num_microbatches}')
-  mesh = partitioning.make_mesh(mesh_shape)
   rng = jax.random.key(seed)
   towers = model.towers
   example = data.dummy_batch(towers, task_feature_lengths, batch_size)
@@ -134,11 +132,10 @@ def train(model: Model = gin.REQUIRED, *,
   boxed = jax.eval_shape(model.init, rng, example)
   mask = freezing.trainable_mask(nn.unbox(boxed), frozen_towers)
   tx = optimizer(learning_rate=learning_rate)
-  to_sharding = lambda tree: partitioning.logical_to_sharding(
-      nn.get_partition_spec(tree), mesh, axis_rules)
-  param_shardings = to_sharding(boxed)
-  opt_shardings = to_sharding(jax.eval_shape(lambda: tx.init(freezing.partition(boxed, mask)[0])))
-  batch_sharding = NamedSharding(mesh, nn.logical_to_mesh_axes(('batch',), axis_rules))
+  param_shardings = partitioner.shardings(boxed)
+  opt_shardings = partitioner.shardings(
+      jax.eval_shape(lambda: tx.init(freezing.partition(boxed, mask)[0])))
+  batch_sharding = partitioner.batch_sharding
   abstract = lambda shapes, shardings: jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
   abstract_params = abstract(nn.unbox(boxed), param_shardings)
@@ -162,19 +159,21 @@ def train(model: Model = gin.REQUIRED, *,
     params = _initial_params(model, rng, example, init_checkpoints, param_shardings)
     opt_state = jax.jit(lambda p: tx.init(freezing.partition(p, mask)[0]),
                         out_shardings=opt_shardings)(params)
-  state_shardings = TrainState(NamedSharding(mesh, PartitionSpec()),
+  state_shardings = TrainState(partitioner.sharding(()),
                                *freezing.partition(param_shardings, mask), opt_shardings)
   state = jax.device_put(TrainState(jnp.asarray(step, jnp.int32),
                                     *freezing.partition(params, mask), opt_state),
                          state_shardings)
 
-  with partitioning.sharding_context(mesh, axis_rules):
+  with partitioner.context():
     step_fn = jax.jit(functools.partial(train_step, model=model, optimizer=tx,
                                         num_microbatches=num_microbatches),
                       in_shardings=(state_shardings, batch_sharding),
-                      out_shardings=(state_shardings, None), donate_argnums=0)
+                      out_shardings=(state_shardings, partitioner.sharding(())),
+                      donate_argnums=0)
     batches = data.get_dataset(mixture_or_task_name, task_feature_lengths, towers, batch_size,
-                               seed=seed, pack=pack, skip_batches=batches_consumed)
+                               seed=seed, pack=pack, skip_batches=batches_consumed,
+                               host_sharding=host_sharding)
     writer = metric_writers.create_default_writer(
         model_dir, just_logging=jax.process_index() > 0, asynchronous=True)
     flops_per_step = batch_size * flops.train_flops_per_example(model, task_feature_lengths,
@@ -183,8 +182,8 @@ def train(model: Model = gin.REQUIRED, *,
     writer.write_hparams({'flops_per_step': flops_per_step, 'peak_flops': peak,
                           'batch_size': batch_size, 'train_steps': train_steps})
     preemption = _Preemption()
-    progress = tqdm.tqdm(total=train_steps, initial=step, disable=not sys.stderr.isatty(),
-                         desc='train', dynamic_ncols=True)
+    progress = tqdm.tqdm(total=train_steps, initial=step, desc='train', dynamic_ncols=True,
+                         disable=not sys.stderr.isatty() or jax.process_index() > 0)
     pending, last_good, tick = [], step, time.perf_counter()
     try:
       for batch in batches.as_numpy_iterator():
@@ -213,7 +212,7 @@ def train(model: Model = gin.REQUIRED, *,
           writer.write_scalars(step, evaluate(
               model, state.all_params, eval_task or mixture_or_task_name, task_feature_lengths,
               batch_size, split=eval_split, max_batches=eval_batches, seed=seed,
-              batch_sharding=batch_sharding) | _run_hooks(eval_hooks, step, model,
+              partitioner=partitioner) | _run_hooks(eval_hooks, step, model,
                                                             state.all_params))
         if step % checkpoint_every == 0 or step == train_steps:
           _check_finite(pending, checkpointer, last_good)
@@ -264,15 +263,16 @@ def _run_hooks(hooks, step, model, params) -> dict:
 
 def evaluate(model: Model, params, task: str, task_feature_lengths: Mapping[str, int],
              batch_size: int, *, split: str = 'validation', max_batches: int | None = None,
-             seed: int = 0, batch_sharding=None) -> dict:
+             seed: int = 0, partitioner: partitioning.Partitioner | None = None) -> dict:
   """Token-weighted loss and per-tower accuracy over (up to `max_batches` of) a split."""
   batches = data.get_dataset(task, task_feature_lengths, model.towers, batch_size, split=split,
                              shuffle=False, seed=seed, num_epochs=1)
-  step = jax.jit(functools.partial(eval_step, model=model))
+  partitioner = partitioner or partitioning.Partitioner()
+  step = jax.jit(functools.partial(eval_step, model=model),
+                 out_shardings=partitioner.sharding(()))
   totals, count = None, 0
   for batch in batches.take(max_batches or -1).as_numpy_iterator():
-    if batch_sharding is not None:
-      batch = jax.make_array_from_process_local_data(batch_sharding, batch)
+    batch = jax.make_array_from_process_local_data(partitioner.batch_sharding, batch)
     sums = jax.device_get(step(params, batch))
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     count += 1

@@ -1,0 +1,112 @@
+"""One model, many topologies: meshes, processes, and checkpoints that move between them."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import gin
+import jax
+import numpy as np
+import optax
+import pytest
+
+import synthetic_tasks  # noqa: F401 -- registers the toy tasks
+from conftest import SPEECH, TEXT, TWO_WAY
+from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
+from zipper_jax import checkpoints, main, models, optimizer, partitioning, train
+from zipper_jax.zipper import ZipperConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Head counts and widths divisible by a 4-way tensor axis.
+TOWERS = {'text': dataclasses.replace(TEXT, vocab_size=TEXT_VOCAB, num_kv_heads=4),
+          'speech': dataclasses.replace(SPEECH, vocab_size=SPEECH_VOCAB, num_heads=4,
+                                        head_dim=6)}
+MODEL = models.ZipperModel(ZipperConfig(TOWERS, TWO_WAY))
+
+
+def run(model_dir, steps, partitioner, **overrides):
+  return train.train(
+      MODEL, model_dir=str(model_dir), mixture_or_task_name='toy_asr', task_feature_lengths=LENGTHS,
+      train_steps=steps, batch_size=16, optimizer=optimizer.adamw,
+      learning_rate=optax.constant_schedule(3e-3), partitioner=partitioner, log_every=100,
+      checkpoint_every=100, peak_flops=1e12, **overrides)
+
+
+def test_every_mesh_trains_the_same_model(tmp_path):
+  meshes = {'one device': partitioning.Partitioner((1, 1, 1), num_devices=1),
+            'data 8': partitioning.Partitioner((8, 1, 1)),
+            'data 2 x tensor 4': partitioning.Partitioner((2, 1, 4)),
+            'fsdp 4 x tensor 2': partitioning.Partitioner((1, 4, 2))}
+  params = {name: jax.device_get(run(tmp_path / str(i), 3, p).all_params)
+            for i, (name, p) in enumerate(meshes.items())}
+  for name in meshes:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
+                 params[name], params['one device'])
+
+
+def test_a_checkpoint_restores_onto_other_topologies(tmp_path):
+  saved = jax.device_get(run(tmp_path, 3, partitioning.Partitioner((8, 1, 1))).all_params)
+  for partitioner in (partitioning.Partitioner((1, 4, 1), num_devices=4),
+                      partitioning.Partitioner((1, 1, 1), num_devices=1)):
+    restored = run(tmp_path, 3, partitioner).all_params  # restores, nothing left to train
+    leaf = restored['text']['block_0']['mlp']['gate']['kernel']
+    assert len(leaf.sharding.device_set) == partitioner.mesh.size
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved)
+
+
+def test_layout_is_printed_for_a_pod_without_one(capsys):
+  gin.clear_config(clear_constants=True)
+  try:
+    main.main(['layout', '--gin_file=gin/models/zipper_s.gin',
+               '--gin_file=gin/runs/zipper_frozen_text.gin',
+               "--gin.TASK_FEATURE_LENGTHS={'speech': 256, 'text': 64}",
+               '--gin.Partitioner.mesh_shape=(1, -1, 4)', '--gin.print_layout.num_devices=256'])
+  finally:
+    gin.clear_config(clear_constants=True)
+  table = capsys.readouterr().out
+  assert table.startswith('mesh: data=1, fsdp=64, tensor=4 (256 devices)')
+  row = next(line for line in table.splitlines() if line.startswith('text/block_0/mlp/gate'))
+  # [768, 2048] float32 split 64 x 4: 12 x 512 x 4 bytes on each device.
+  assert "('embed', 'mlp')" in row and "('fsdp', 'tensor')" in row and row.endswith('24,576')
+
+
+def experiment(tmp_path, steps):
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  path = tmp_path / f'experiment_{steps}.gin'
+  path.write_text(f"""
+import synthetic_tasks
+include 'gin/models/tiny.gin'
+include 'gin/runs/zipper_frozen_text.gin'
+TEXT_VOCAB_SIZE = {TEXT_VOCAB}
+SPEECH_VOCAB_SIZE = {SPEECH_VOCAB}
+MODEL_DIR = '{tmp_path / 'run'}'
+MIXTURE_OR_TASK_NAME = 'toy_asr'
+TASK_FEATURE_LENGTHS = {{'speech': 12, 'text': 6}}
+TRAIN_STEPS = {steps}
+BATCH_SIZE = 16
+learning_rate_schedule.total_steps = 10
+learning_rate_schedule.warmup_steps = 2
+train.host_sharding = 'global_batch'
+train.checkpoint_every = 5
+train.peak_flops = 1e12
+""")
+  return str(path)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_like_one(tmp_path):
+  env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'))
+  launch = lambda steps: subprocess.run(
+      [sys.executable, 'launch/local.py', '--num_processes=2', '--devices_per_process=4', '--',
+       '-m', 'zipper_jax.main', 'train', f'--gin_file={experiment(tmp_path / "two", steps)}'],
+      cwd=REPO, env=env, check=True, timeout=400)
+  launch(5)
+  launch(10)  # a new pair of processes resumes from step 5
+  gin.clear_config(clear_constants=True)
+  try:
+    main.main(['train', f'--gin_file={experiment(tmp_path / "one", 10)}'])
+  finally:
+    gin.clear_config(clear_constants=True)
+  two = checkpoints.load_params(str(tmp_path / 'two' / 'run'))
+  one = checkpoints.load_params(str(tmp_path / 'one' / 'run'))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), two, one)
