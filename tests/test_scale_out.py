@@ -6,14 +6,16 @@ import sys
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
-from conftest import SPEECH, TEXT, TWO_WAY
+from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
-from zipper_jax import checkpoints, main, models, optimizer, partitioning, train
+from zipper_jax import checkpoints, decoding, main, models, optimizer, partitioning, train
+from zipper_jax.layers import KVCache
 from zipper_jax.zipper import ZipperConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,3 +112,18 @@ def test_two_processes_train_and_resume_like_one(tmp_path):
   two = checkpoints.load_params(str(tmp_path / 'two' / 'run'))
   one = checkpoints.load_params(str(tmp_path / 'one' / 'run'))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), two, one)
+
+
+def test_decode_caches_follow_the_rules_and_decoding_is_unchanged(two_way_zipper):
+  model, params = two_way_zipper
+  partitioner = partitioning.Partitioner((-1, 1, 1))
+  with partitioner.context():
+    cache = jax.jit(lambda: KVCache.empty(8, 16, 2, 8, jnp.float32))()
+  assert {s.data.shape for s in cache.keys.addressable_shards} == {(1, 16, 2, 8)}
+
+  decoder = decoding.Decoder.for_zipper(model, 'text')
+  prompt = lambda: asr_inputs(batch=8, text_length=1)
+  alone = decoding.generate(decoder, params, prompt(), max_new_tokens=4, eos_id=None)
+  with partitioner.context():
+    sharded = decoding.generate(decoder, params, prompt(), max_new_tokens=4, eos_id=None)
+  np.testing.assert_array_equal(sharded.tokens, alone.tokens)

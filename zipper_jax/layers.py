@@ -107,8 +107,8 @@ class KVCache:
 
   @classmethod
   def empty(cls, batch: int, size: int, kv_heads: int, head_dim: int, dtype: Dtype) -> KVCache:
-    kv = jnp.zeros((batch, size, kv_heads, head_dim), dtype)
-    coords = jnp.zeros((batch, size), jnp.int32)
+    kv = constrain(jnp.zeros((batch, size, kv_heads, head_dim), dtype), KV_AXES)
+    coords = constrain(jnp.zeros((batch, size), jnp.int32), ('batch', 'length'))
     return cls(kv, kv, coords, coords, jnp.zeros((), jnp.int32))
 
   @classmethod

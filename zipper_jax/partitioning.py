@@ -19,7 +19,6 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from zipper_jax.layers import KV_AXES, KVCache
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
@@ -77,8 +76,9 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int,
 class Partitioner:
   """The mesh and the logical axis rules of a run (gin: `train.partitioner = @Partitioner()`).
 
-  Parameters, optimizer state, batches and decode caches all get their shardings here, from
-  the logical axis names the layers give them.
+  Parameters, optimizer state and batches get their shardings here, from the logical axis
+  names the layers give them; inside `context()` activations and decode caches follow the same
+  rules.
   """
   mesh_shape: Sequence[int] = (-1, 1, 1)
   dcn_mesh_shape: Sequence[int] | None = None
@@ -100,13 +100,6 @@ class Partitioner:
   @property
   def batch_sharding(self) -> NamedSharding:
     return self.sharding(('batch',))
-
-  def cache_shardings(self, caches):
-    """Shardings of decode caches (any tree of `KVCache`s)."""
-    def of(cache: KVCache):
-      kv, coords = self.sharding(KV_AXES), self.sharding(('batch', 'length'))
-      return KVCache(kv, kv, coords, coords, self.sharding(()))
-    return jax.tree.map(of, caches, is_leaf=lambda x: isinstance(x, KVCache))
 
   def context(self):
     return sharding_context(self.mesh, self.rules)
