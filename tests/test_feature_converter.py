@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import SPEECH, TEXT
-from zipper_jax.feature_converter import ZipperFeatureConverter, sequential_layout, tower_inputs
+from zipper_jax.batch import tower_inputs
+from zipper_jax.feature_converter import ZipperFeatureConverter, sequential_layout
 
 EXAMPLES = [{'speech': [5, 6, 7, 2], 'text': [9, 8, 1]},
             {'speech': [4, 2], 'text': [3, 3, 3, 1]},

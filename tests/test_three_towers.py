@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import optax
 
-from zipper_jax import data, models, optimizer, train
+from zipper_jax import batch, models, optimizer, partitioning, train
 from zipper_jax.tower import TowerConfig
 from zipper_jax.zipper import Edge, ZipperConfig
 
@@ -22,15 +22,17 @@ def test_three_tower_zipper_learns_sensor_captioning(corpus, tmp_path):
       {name: tower(size) for name, size in sizes.items()},
       edges=(Edge('text', 'sensor'), Edge('text', 'speech', 2), Edge('speech', 'text'))))
   fresh = nn.unbox(jax.jit(model.init)(jax.random.key(0),
-                                       data.dummy_batch(model.towers, LENGTHS, 16)))
+                                       batch.dummy_batch(model.towers, LENGTHS, 16)))
+  one_device = partitioning.Partitioner((1, 1, 1), num_devices=1)
   evaluate = lambda params: train.evaluate(model, params, 'sensor_captioning', LENGTHS, 16,
-                                           max_batches=2)
+                                           max_batches=2, partitioner=one_device)
   before = evaluate(fresh)
   state = train.train(model, model_dir=str(tmp_path), mixture_or_task_name='sensor_captioning',
                       task_feature_lengths=LENGTHS, train_steps=60, batch_size=16,
                       optimizer=optimizer.adamw, learning_rate=optax.constant_schedule(1e-2),
                       frozen_towers=['speech'], log_every=20, checkpoint_every=60,
-                      peak_flops=1e12)
+                      peak_flops=1e12,
+                      partitioner=one_device)
   after = evaluate(state.all_params)
   assert after['eval/text/loss'] < before['eval/text/loss'] - 1.0
   assert after['eval/sensor/weight'] == 0 and after['eval/text/weight'] > 0

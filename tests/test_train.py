@@ -13,24 +13,27 @@ import seqio
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
-from zipper_jax import checkpoints, data, models, optimizer, train, vocabularies
+from zipper_jax import (batch, checkpoints, data, models, optimizer, partitioning, train,
+                        vocabularies)
 from zipper_jax.zipper import ZipperConfig
 
 TOWERS = {'text': dataclasses.replace(TEXT, vocab_size=TEXT_VOCAB),
           'speech': dataclasses.replace(SPEECH, vocab_size=SPEECH_VOCAB)}
 ZIPPER = models.ZipperModel(ZipperConfig(TOWERS, TWO_WAY))
+ONE_DEVICE = partitioning.Partitioner((1, 1, 1), num_devices=1)  # tests of sharding: test_scale_out
 
 
 def run(model_dir, steps, model=ZIPPER, task='toy_asr', **overrides):
   kwargs = dict(model_dir=str(model_dir), mixture_or_task_name=task,
                 task_feature_lengths=LENGTHS, train_steps=steps, batch_size=16,
                 optimizer=optimizer.adamw, learning_rate=optax.constant_schedule(3e-3), log_every=5,
-                checkpoint_every=5, peak_flops=1e12)
+                checkpoint_every=5, peak_flops=1e12,
+                partitioner=ONE_DEVICE)
   return train.train(model, **(kwargs | overrides))
 
 
 def fresh_params(model, seed=0):
-  example = data.dummy_batch(model.towers, LENGTHS, 16)
+  example = batch.dummy_batch(model.towers, LENGTHS, 16)
   return nn.unbox(jax.jit(model.init)(jax.random.key(seed), example))
 
 
@@ -39,9 +42,11 @@ def assert_trees_equal(a, b):
 
 
 def test_training_learns_and_leaves_the_frozen_tower_alone(tmp_path):
-  before = train.evaluate(ZIPPER, fresh_params(ZIPPER), 'toy_asr', LENGTHS, 16, max_batches=4)
+  before = train.evaluate(ZIPPER, fresh_params(ZIPPER), 'toy_asr', LENGTHS, 16, max_batches=4,
+                          partitioner=ONE_DEVICE)
   state = run(tmp_path, 40, frozen_towers=['text'])
-  after = train.evaluate(ZIPPER, state.all_params, 'toy_asr', LENGTHS, 16, max_batches=4)
+  after = train.evaluate(ZIPPER, state.all_params, 'toy_asr', LENGTHS, 16, max_batches=4,
+                         partitioner=ONE_DEVICE)
   assert after['eval/text/loss'] < before['eval/text/loss'] - 0.5
   assert_trees_equal(state.all_params['text'], fresh_params(ZIPPER)['text'])
   assert not jax.tree.leaves(state.params['text'])  # no trainable copy, so no optimizer state

@@ -56,11 +56,11 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_params(model_dir: str, abstract_params=None):
+def load_params(model_dir: str, abstract_params=None, sharding=None):
   """The parameters of the newest readable checkpoint of the run in `model_dir`.
 
-  Without `abstract_params` they come back replicated on every device, whatever topology
-  saved them (e.g. a pre-trained tower to zip).
+  Without `abstract_params` they come back with `sharding` (default: replicated on every
+  device), whatever topology saved them (e.g. a pre-trained tower to zip).
   """
   directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
   if not os.path.isdir(directory):
@@ -74,8 +74,9 @@ def load_params(model_dir: str, abstract_params=None):
   def args(step):
     target = abstract_params
     if target is None:
-      replicated = NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)), PartitionSpec())
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+      placed = sharding or NamedSharding(Mesh(np.asarray(jax.devices()), ('all',)),
+                                         PartitionSpec())
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=placed),
                             manager.item_metadata(step)['params'])
     return ocp.args.Composite(params=ocp.args.StandardRestore(target))
 

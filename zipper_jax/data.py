@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import jax
-import numpy as np
 import seqio
 import tensorflow as tf
 
-from zipper_jax.feature_converter import MODEL_SUFFIXES, ZipperFeatureConverter
+from zipper_jax.feature_converter import ZipperFeatureConverter
 
 
 HOST_SHARDING = ('examples', 'global_batch')
@@ -51,11 +50,3 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
     ds = ds.batch(batch_size, drop_remainder=True).map(
         lambda batch: {k: v[index * local:(index + 1) * local] for k, v in batch.items()})
   return ds.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
-
-
-def dummy_batch(towers: Sequence[str], task_feature_lengths: Mapping[str, int],
-                batch_size: int) -> dict:
-  """A batch of the converted shapes and dtypes, for initialisation and compilation."""
-  return {f'{t}_{s}': np.zeros((batch_size, task_feature_lengths[t]),
-                               np.float32 if s == 'loss_weights' else np.int32)
-          for t in towers for s in MODEL_SUFFIXES}

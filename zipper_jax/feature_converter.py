@@ -11,22 +11,19 @@ speech then text; TTS: text then speech).
 
 The model batch holds, for every tower, `T_input_tokens` (targets shifted right, 0 first),
 `T_target_tokens`, `T_loss_weights`, `T_positions`, `T_segment_ids` and
-`T_interleaved_positions`; see `tower_inputs`. Packing puts several examples in one row; all
+`T_interleaved_positions` (`batch.py`). Packing puts several examples in one row; all
 towers of an example share its segment id, so packed examples see each other neither in self-
 nor in cross-attention.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
-import jax.numpy as jnp
 import seqio
 import tensorflow as tf
 
-from zipper_jax.inputs import TowerInput
+from zipper_jax.batch import SUFFIXES
 
-MODEL_SUFFIXES = ('input_tokens', 'target_tokens', 'loss_weights', 'positions', 'segment_ids',
-                  'interleaved_positions')
 _LAYOUT = ('interleaved', 'weights')
 
 
@@ -67,7 +64,7 @@ class ZipperFeatureConverter(seqio.FeatureConverter):
                           for t in self.towers}
     self.MODEL_FEATURES = {f'{t}_{s}': seqio.FeatureConverter.FeatureSpec(
         dtype=tf.float32 if s == 'loss_weights' else tf.int32)
-        for t in self.towers for s in MODEL_SUFFIXES}
+        for t in self.towers for s in SUFFIXES}
     super().__init__(pack=pack, apply_length_check=not truncate, **kwargs)
 
   def _with_layout(self, example):
@@ -115,17 +112,4 @@ class ZipperFeatureConverter(seqio.FeatureConverter):
     return out
 
   def get_model_feature_lengths(self, task_feature_lengths):
-    return {f'{t}_{s}': task_feature_lengths[t] for t in self.towers for s in MODEL_SUFFIXES}
-
-
-def tower_inputs(batch: Mapping[str, jnp.ndarray], towers: Sequence[str]) -> dict:
-  """The model's inputs (a `TowerInput` per tower) from a converted batch."""
-  return {t: TowerInput(batch[f'{t}_input_tokens'], batch[f'{t}_positions'],
-                        batch[f'{t}_segment_ids'], batch[f'{t}_interleaved_positions'])
-          for t in towers}
-
-
-def tower_targets(batch: Mapping[str, jnp.ndarray], towers: Sequence[str]):
-  """(targets, loss weights), each a mapping from tower name to array."""
-  return ({t: batch[f'{t}_target_tokens'] for t in towers},
-          {t: batch[f'{t}_loss_weights'] for t in towers})
+    return {f'{t}_{s}': task_feature_lengths[t] for t in self.towers for s in SUFFIXES}

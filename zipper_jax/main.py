@@ -19,17 +19,11 @@ from typing import Mapping, Sequence
 import gin
 import jax
 
-from zipper_jax import checkpoints, data, models, partitioning, train as train_lib
-from zipper_jax import optimizer  # noqa: F401 -- registers its gin configurables
-from zipper_jax.tower import TowerConfig
-from zipper_jax.zipper import ZipperConfig
+from zipper_jax import batch, checkpoints, models, partitioning, train as train_lib
+from zipper_jax import configurables  # noqa: F401 -- registers what gin can configure
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-for _configurable in (TowerConfig, ZipperConfig, models.ZipperModel, models.TowerModel,
-                      models.SingleDecoderModel):
-  gin.external_configurable(_configurable)
-gin.external_configurable(partitioning.Partitioner)
 
 
 @gin.configurable
@@ -60,7 +54,7 @@ def print_layout(model: models.Model = gin.REQUIRED, *,
   """Every parameter's shape, logical axes, mesh sharding and bytes per device over
   `num_devices` (default: those present): a layout to check before paying for a pod. Shapes
   only; nothing is allocated."""
-  example = data.dummy_batch(model.towers, task_feature_lengths, batch_size)
+  example = batch.dummy_batch(model.towers, task_feature_lengths, batch_size)
   boxed = jax.eval_shape(model.init, jax.random.key(0), example)
   table = partitioning.describe_layout(boxed, partitioner, num_devices)
   print(table)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 
 from zipper_jax import baseline, decoding, zipping
-from zipper_jax.feature_converter import tower_inputs, tower_targets
+from zipper_jax.batch import tower_inputs, tower_targets
 from zipper_jax.losses import zipper_loss
 from zipper_jax.tower import Tower, TowerConfig
 from zipper_jax.zipper import Zipper, ZipperConfig

@@ -1,9 +1,5 @@
-"""The training loop: one jitted step over a device mesh, orbax checkpoints, metrics.
-
-Read top to bottom: the state, the step, then `train`, which every gin run file configures.
-Frozen towers are split off the parameters before differentiation (`freezing.partition`): they
-get no gradient, no optimizer state and no update, and are saved unchanged.
-"""
+"""The training loop: the jitted step (`steps.py`) over a device mesh, orbax checkpoints,
+metrics. `train` is what every gin run file configures; read it top to bottom."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +11,6 @@ import time
 from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
-import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
@@ -25,54 +20,10 @@ import seqio
 import tqdm
 from clu import metric_writers
 
+from zipper_jax import batch as batch_lib
 from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning, vocabularies
+from zipper_jax.steps import TrainState, eval_step, train_step
 from zipper_jax.models import Model
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jnp.ndarray
-  params: dict  # trainable parameters; None where frozen
-  frozen: dict  # frozen parameters; None where trainable
-  opt_state: optax.OptState
-
-  @property
-  def all_params(self):
-    return freezing.combine(self.params, self.frozen)
-
-
-def train_step(state: TrainState, batch, *, model: Model, optimizer: optax.GradientTransformation,
-               num_microbatches: int = 1):
-  """One optimizer step on `batch`, its gradient accumulated over `num_microbatches` slices.
-
-  The loss is the token-weighted mean over the whole batch, so the accumulated gradient equals
-  the gradient of one pass over the batch.
-  """
-  micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
-
-  def weighted_sums(params, microbatch):
-    _, metrics = model.loss(freezing.combine(params, state.frozen), microbatch)
-    sums = losses.metric_sums(metrics)
-    return sum(sums[f'{t}/loss'] for t in model.towers), sums
-
-  def accumulate(carry, microbatch):
-    (_, sums), grads = jax.value_and_grad(weighted_sums, has_aux=True)(state.params, microbatch)
-    return jax.tree.map(jnp.add, carry, (grads, sums)), None
-
-  zeros = (jax.tree.map(jnp.zeros_like, state.params), losses.zero_sums(model.towers))
-  (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
-  total_weight = sum(sums[f'{t}/weight'] for t in model.towers)
-  grads = jax.tree.map(lambda g: g / jnp.maximum(total_weight, 1e-8), grads)
-
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = losses.metric_means(sums)
-  metrics['grad_norm'] = optax.global_norm(grads)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def eval_step(params, batch, *, model: Model):
-  return losses.metric_sums(model.loss(params, batch)[1])
 
 
 class _Preemption:
@@ -126,7 +77,7 @@ def train(model: Model = gin.REQUIRED, *,
                      f'num_microbatches={num_microbatches}')
   rng = jax.random.key(seed)
   towers = model.towers
-  example = data.dummy_batch(towers, task_feature_lengths, batch_size)
+  example = batch_lib.dummy_batch(towers, task_feature_lengths, batch_size)
 
   # Shardings of every array the step touches, from the layers' logical axis names.
   boxed = jax.eval_shape(model.init, rng, example)
@@ -156,7 +107,8 @@ def train(model: Model = gin.REQUIRED, *,
     logging.info('resuming from step %d of %s', step, checkpointer.directory)
   else:
     step, batches_consumed = 0, 0
-    params = _initial_params(model, rng, example, init_checkpoints, param_shardings)
+    params = _initial_params(model, rng, example, init_checkpoints, param_shardings,
+                             partitioner.sharding(()))
     opt_state = jax.jit(lambda p: tx.init(freezing.partition(p, mask)[0]),
                         out_shardings=opt_shardings)(params)
   state_shardings = TrainState(partitioner.sharding(()),
@@ -232,11 +184,12 @@ def train(model: Model = gin.REQUIRED, *,
   return state
 
 
-def _initial_params(model: Model, rng, example, init_checkpoints, shardings):
+def _initial_params(model: Model, rng, example, init_checkpoints, shardings, replicated):
   """Fresh parameters, with the towers named in `init_checkpoints` taken from their runs."""
   if not init_checkpoints:
     return jax.jit(lambda r: nn.unbox(model.init(r, example)), out_shardings=shardings)(rng)
-  towers = {name: checkpoints.load_params(path) for name, path in init_checkpoints.items()}
+  towers = {name: checkpoints.load_params(path, sharding=replicated)
+            for name, path in init_checkpoints.items()}
   return jax.jit(lambda r, t: model.params_from_towers(r, example, t),
                  out_shardings=shardings)(rng, towers)
 
