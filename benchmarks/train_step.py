@@ -28,7 +28,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zipper_jax import batch as batch_lib, configurables, flops, freezing, models, steps  # noqa: E402,F401
+from zipper_jax import batch as batch_lib, configurables, flops, freezing, models, steps  # noqa: E402
 from zipper_jax.tower import TowerConfig  # noqa: E402
 from zipper_jax.zipper import ZipperConfig  # noqa: E402
 
@@ -45,7 +45,8 @@ def tower_configs(shapes_file: str, dtype: str, remat: str) -> dict[str, TowerCo
   towers = {}
   for name in ('text', 'speech'):
     with gin.config_scope(name):
-      towers[name] = dataclasses.replace(TowerConfig(), dtype=dtype, remat=remat)
+      towers[name] = dataclasses.replace(configurables.CONFIGURED['TowerConfig'](), dtype=dtype,
+                                         remat=remat)
   return towers
 
 

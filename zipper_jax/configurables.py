@@ -7,6 +7,7 @@ from zipper_jax import optimizer  # noqa: F401 -- registers adamw, learning_rate
 from zipper_jax.tower import TowerConfig
 from zipper_jax.zipper import ZipperConfig
 
-for _configurable in (TowerConfig, ZipperConfig, models.ZipperModel, models.TowerModel,
-                      models.SingleDecoderModel, partitioning.Partitioner):
-  gin.external_configurable(_configurable)
+# name -> the gin-configured class, to build configured objects from Python.
+CONFIGURED = {c.__name__: gin.external_configurable(c)
+              for c in (TowerConfig, ZipperConfig, models.ZipperModel, models.TowerModel,
+                        models.SingleDecoderModel, partitioning.Partitioner)}
