@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m zipper_jax.demo
+
+# Benchmarks at a quick size (JSON to bench.json); they also need torch and transformers.
+bench: $(STAMP) requirements/bench.txt
+	$(PY) -m pip install --quiet -r requirements/bench.txt
+	$(PY) benchmarks/run_all.py bench.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -104,9 +104,13 @@ def main(argv=None) -> dict:
   parser.add_argument('--remat', default='none')
   parser.add_argument('--variants', default='all', help='comma-separated subset')
   parser.add_argument('--peak_size', type=int, help='matmul size for the peak (default by device)')
+  parser.add_argument('--speech_length', type=int, help='default by --config')
+  parser.add_argument('--text_length', type=int, help='default by --config')
   args = parser.parse_args(argv)
 
   shapes_file, speech_length, text_length, default_batch = CONFIGS[args.config]
+  speech_length = args.speech_length or speech_length
+  text_length = args.text_length or text_length
   batch_size = args.batch or default_batch
   towers = tower_configs(shapes_file, args.dtype, args.remat)
   lengths = {'speech': speech_length, 'text': text_length,

@@ -67,5 +67,5 @@ def two_way_zipper():
 @pytest.fixture(scope='session')
 def corpus():
   """The toy corpus's sentences, written to $ZIPPER_CORPUS_DIR once per test process."""
-  import toy_corpus
-  return toy_corpus.write_corpus(os.environ['ZIPPER_CORPUS_DIR'])
+  from zipper_jax import synthetic_corpus
+  return synthetic_corpus.write_corpus(os.environ['ZIPPER_CORPUS_DIR'])

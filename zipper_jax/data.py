@@ -17,7 +17,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
                 towers: Sequence[str], batch_size: int, *, split: str = 'train',
                 shuffle: bool = True, seed: int | None = 0, pack: bool = False,
                 num_epochs: int | None = None, skip_batches: int = 0,
-                host_sharding: str = 'examples') -> tf.data.Dataset:
+                host_sharding: str = 'examples', truncate: bool = False) -> tf.data.Dataset:
   """This process's share, `batch_size // process_count` rows, of each global batch.
 
   `host_sharding='examples'` (seqio's `ShardInfo`): each process reads and preprocesses only
@@ -42,7 +42,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       mixture_or_task_name, {t: task_feature_lengths[t] for t in towers}, dataset_split=split,
       shuffle=shuffle, num_epochs=num_epochs, seed=seed,
       shard_info=seqio.ShardInfo(index, processes) if by_examples else None,
-      feature_converter=ZipperFeatureConverter(towers, pack=pack))
+      feature_converter=ZipperFeatureConverter(towers, pack=pack, truncate=truncate))
   local = batch_size // processes
   if by_examples:
     ds = ds.batch(local, drop_remainder=True)

@@ -25,6 +25,11 @@ REMAT_POLICIES = {
 }
 
 
+def rematerialised(module: type[nn.Module], remat: str) -> type[nn.Module]:
+  """`module`, recomputed in the backward pass under policy `remat` unless it is 'none'."""
+  return module if remat == 'none' else nn.remat(module, policy=REMAT_POLICIES[remat])
+
+
 @dataclasses.dataclass(frozen=True)
 class TowerConfig:
   vocab_size: int
@@ -89,9 +94,7 @@ class Tower(nn.Module):
         embedding_init=partitioned(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=1, out_axis=0),
             ('vocab', 'embed')))
-    block = DecoderBlock
-    if c.remat != 'none':
-      block = nn.remat(DecoderBlock, policy=REMAT_POLICIES[c.remat])
+    block = rematerialised(DecoderBlock, c.remat)
     self.blocks = [block(c, name=f'block_{i}') for i in range(c.num_layers)]
     self.final_norm = RMSNorm(c.norm_epsilon, c.dtype)
     if not c.tie_embeddings:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
 from zipper_jax.masks import attention_mask
-from zipper_jax.tower import Tower, TowerConfig, init_caches as init_tower_caches
+from zipper_jax.tower import Tower, TowerConfig, init_caches as init_tower_caches, rematerialised
 
 INPUT_PROJECTIONS = ('none', 'residual', 'paper')
 
@@ -141,9 +141,11 @@ class Zipper(nn.Module):
           name: InputProjection(c.input_projection, tc.dtype, tc.param_dtype,
                                 name=f'input_projection_{name}')
           for name, tc in c.towers.items()}
-    self.cross = {cross_name(edge, block): CrossAttentionBlock(c.towers[name],
-                                                               name=cross_name(edge, block))
-                  for name in c.towers for block, edge, _ in c.cross_layers(name)}
+    # Cross-attention blocks are rematerialised as their query tower's blocks are.
+    self.cross = {
+        cross_name(edge, block): rematerialised(CrossAttentionBlock, c.towers[name].remat)(
+            c.towers[name], name=cross_name(edge, block))
+        for name in c.towers for block, edge, _ in c.cross_layers(name)}
 
   def __call__(self, inputs: Mapping[str, TowerInput], caches: dict | None = None):
     """Runs the towers present in `inputs` in lockstep.

@@ -1,5 +1,6 @@
-"""A small corpus in the on-disk layout `tasks/speech_text.py` reads, made of generated
-sentences and units that are a fixed function of their characters."""
+"""A generated corpus in the on-disk layout `tasks/speech_text.py` reads, for tests and
+benchmarks that must not depend on the real one: random sentences over a small word list, and
+speech units that are a fixed function of their characters (`frames_per_char` units each)."""
 import json
 import os
 
@@ -14,30 +15,33 @@ SIZES = {'text_only': 300, 'speech_only': 200, 'aligned': 200, 'validation': 40,
          'test_clean': 40, 'test_other': 40}
 
 
-def units_of(sentence):
-  return [(ord(c) * 37 + i % 2) % 1024 for c in sentence for i in range(2)]
+def units_of(sentence, frames_per_char=2):
+  return [(ord(c) * 37 + i) % 1024 for c in sentence for i in range(frames_per_char)]
 
 
-def write_corpus(directory, seed=0):
+def write_corpus(directory, sizes=None, frames_per_char=2, vocab_size=120, seed=0):
+  """Writes the splits (`sizes`: split -> utterances) and a SentencePiece model; returns the
+  sentences."""
+  sizes = sizes or SIZES
   rng = np.random.default_rng(seed)
   sentences, seen = [], set()
-  while len(sentences) < sum(SIZES.values()):
+  while len(sentences) < sum(sizes.values()):
     sentence = ' '.join(rng.choice(WORDS, rng.integers(4, 9)))
     if sentence not in seen:
       seen.add(sentence)
       sentences.append(sentence)
   os.makedirs(os.path.join(directory, 'splits'), exist_ok=True)
   start = 0
-  for split, size in SIZES.items():
+  for split, size in sizes.items():
     with open(os.path.join(directory, 'splits', f'{split}.jsonl'), 'w') as f:
       for i, sentence in enumerate(sentences[start:start + size]):
         record = {'id': f'{split}-{i}'}
         if split != 'speech_only':
           record['text'] = sentence
         if split != 'text_only':
-          record['units'] = units_of(sentence)
+          record['units'] = units_of(sentence, frames_per_char)
         f.write(json.dumps(record) + '\n')
     start += size
-  train_text_vocabulary(sentences[:SIZES['text_only']],
-                        os.path.join(directory, 'text_vocab'), vocab_size=120)
+  train_text_vocabulary(sentences[:sizes['text_only']],
+                        os.path.join(directory, 'text_vocab'), vocab_size=vocab_size)
   return sentences

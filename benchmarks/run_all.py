@@ -1,0 +1,25 @@
+"""Every benchmark at a quick size, one JSON document: `make bench` writes it to bench.json."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import data_pipeline  # noqa: E402
+import decode  # noqa: E402
+import memory  # noqa: E402
+import train_step  # noqa: E402
+
+QUICK = {
+    'train_step': (train_step, ['--config=cpu', '--repeats=3']),
+    'decode': (decode, ['--repeats=2', '--new_tokens=32']),
+    'data_pipeline': (data_pipeline, ['--batches=20']),
+    'memory': (memory, ['--lengths=128,256,512', '--batches=1,4']),
+}
+
+if __name__ == '__main__':
+  out = sys.argv[1] if len(sys.argv) > 1 else 'bench.json'
+  results = {name: module.main(argv) for name, (module, argv) in QUICK.items()}
+  with open(out, 'w') as f:
+    json.dump(results, f, indent=2)
+  print(f'wrote {out}')
