@@ -14,6 +14,22 @@ SPEECH_LENGTH, TEXT_LENGTH = 12, 6
 LENGTHS = {'speech': SPEECH_LENGTH, 'text': TEXT_LENGTH, 'single': SPEECH_LENGTH + TEXT_LENGTH}
 
 
+def experiment_gin(directory, steps, batch_size, *bindings):
+  """Writes a tiny experiment gin file on `toy_asr`, as a user would write one; returns its path.
+  The run's MODEL_DIR is `directory/run`."""
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f'experiment_{steps}.gin'
+  lines = ['import synthetic_tasks', "include 'gin/models/tiny.gin'",
+           "include 'gin/runs/zipper_frozen_text.gin'", f'TEXT_VOCAB_SIZE = {TEXT_VOCAB}',
+           f'SPEECH_VOCAB_SIZE = {SPEECH_VOCAB}', f"MODEL_DIR = '{directory / 'run'}'",
+           "MIXTURE_OR_TASK_NAME = 'toy_asr'",
+           f"TASK_FEATURE_LENGTHS = {{'speech': {SPEECH_LENGTH}, 'text': {TEXT_LENGTH}}}",
+           f'TRAIN_STEPS = {steps}', f'BATCH_SIZE = {batch_size}', 'train.peak_flops = 1e12',
+           *bindings]
+  path.write_text('\n'.join(lines) + '\n')
+  return str(path)
+
+
 def _examples(split, count=512):
   rng = np.random.default_rng({'train': 0, 'validation': 1}[split])
   speech = rng.integers(1, SPEECH_VOCAB, (count, SPEECH_LENGTH), dtype=np.int32)

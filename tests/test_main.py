@@ -10,7 +10,7 @@ import gin
 import numpy as np
 import pytest
 
-from synthetic_tasks import SPEECH_VOCAB, TEXT_VOCAB
+from synthetic_tasks import SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
 from zipper_jax import checkpoints, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,31 +43,11 @@ def test_help_explains_each_command():
   assert 'newest checkpoint' in help_text('eval')
 
 
-def experiment(tmp_path, steps):
-  """A tiny experiment gin file on the toy ASR task, as a user would write one."""
-  path = tmp_path / 'experiment.gin'
-  path.write_text(f"""
-import synthetic_tasks
-include 'gin/models/tiny.gin'
-include 'gin/runs/zipper_frozen_text.gin'
-TEXT_VOCAB_SIZE = {TEXT_VOCAB}
-SPEECH_VOCAB_SIZE = {SPEECH_VOCAB}
-MODEL_DIR = '{tmp_path / 'run'}'
-MIXTURE_OR_TASK_NAME = 'toy_asr'
-TASK_FEATURE_LENGTHS = {{'speech': 12, 'text': 6}}
-TRAIN_STEPS = {steps}
-BATCH_SIZE = 8
-train.log_every = 2
-train.peak_flops = 1e12
-""")
-  return str(path)
-
-
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
   env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'), JAX_PLATFORMS='cpu')
   process = subprocess.Popen(
       [sys.executable, '-u', '-m', 'zipper_jax.main', 'train',
-       f'--gin_file={experiment(tmp_path, 100_000)}'],
+       f'--gin_file={experiment_gin(tmp_path, 100_000, 8, "train.log_every = 2")}'],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
   for line in process.stdout:

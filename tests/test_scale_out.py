@@ -13,7 +13,7 @@ import pytest
 
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs
-from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
+from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
 from zipper_jax import checkpoints, decoding, main, models, optimizer, partitioning, train
 from zipper_jax.layers import KVCache
 from zipper_jax.zipper import ZipperConfig
@@ -72,27 +72,10 @@ def test_layout_is_printed_for_a_pod_without_one(capsys):
   assert "('embed', 'mlp')" in row and "('fsdp', 'tensor')" in row and row.endswith('24,576')
 
 
-def experiment(tmp_path, steps):
-  tmp_path.mkdir(parents=True, exist_ok=True)
-  path = tmp_path / f'experiment_{steps}.gin'
-  path.write_text(f"""
-import synthetic_tasks
-include 'gin/models/tiny.gin'
-include 'gin/runs/zipper_frozen_text.gin'
-TEXT_VOCAB_SIZE = {TEXT_VOCAB}
-SPEECH_VOCAB_SIZE = {SPEECH_VOCAB}
-MODEL_DIR = '{tmp_path / 'run'}'
-MIXTURE_OR_TASK_NAME = 'toy_asr'
-TASK_FEATURE_LENGTHS = {{'speech': 12, 'text': 6}}
-TRAIN_STEPS = {steps}
-BATCH_SIZE = 16
-learning_rate_schedule.total_steps = 10
-learning_rate_schedule.warmup_steps = 2
-train.host_sharding = 'global_batch'
-train.checkpoint_every = 5
-train.peak_flops = 1e12
-""")
-  return str(path)
+def experiment(directory, steps):
+  return experiment_gin(directory, steps, 16, 'learning_rate_schedule.total_steps = 10',
+                        'learning_rate_schedule.warmup_steps = 2',
+                        "train.host_sharding = 'global_batch'", 'train.checkpoint_every = 5')
 
 
 @pytest.mark.slow
