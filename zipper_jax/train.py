@@ -83,15 +83,15 @@ def train(model: Model = gin.REQUIRED, *,
   boxed = jax.eval_shape(model.init, rng, example)
   mask = freezing.trainable_mask(nn.unbox(boxed), frozen_towers)
   tx = optimizer(learning_rate=learning_rate)
+  boxed_opt = jax.eval_shape(lambda: tx.init(freezing.partition(boxed, mask)[0]))
   param_shardings = partitioner.shardings(boxed)
-  opt_shardings = partitioner.shardings(
-      jax.eval_shape(lambda: tx.init(freezing.partition(boxed, mask)[0])))
+  opt_shardings = partitioner.shardings(boxed_opt)
   batch_sharding = partitioner.batch_sharding
   abstract = lambda shapes, shardings: jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-  abstract_params = abstract(nn.unbox(boxed), param_shardings)
-  abstract_opt = abstract(jax.eval_shape(lambda: tx.init(freezing.partition(
-      nn.unbox(boxed), mask)[0])), opt_shardings)
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(shapes),
+      shardings)
+  abstract_params, abstract_opt = abstract(boxed, param_shardings), abstract(boxed_opt,
+                                                                             opt_shardings)
 
   checkpointer = checkpoints.Checkpointer(model_dir, keep=keep_checkpoints)
   if jax.process_index() == 0:
@@ -137,6 +137,14 @@ def train(model: Model = gin.REQUIRED, *,
     progress = tqdm.tqdm(total=train_steps, initial=step, desc='train', dynamic_ncols=True,
                          disable=not sys.stderr.isatty() or jax.process_index() > 0)
     pending, last_good, tick = [], step, time.perf_counter()
+
+    def save():
+      """Checkpoints the current step, once every loss up to it is known to be finite."""
+      _check_finite(pending, checkpointer, last_good)
+      checkpointer.save(step, state.all_params, state.opt_state,
+                        {'step': step, 'batches_consumed': step})
+      return step
+
     try:
       for batch in batches.as_numpy_iterator():
         if step >= train_steps or preemption.requested:
@@ -167,14 +175,9 @@ def train(model: Model = gin.REQUIRED, *,
               partitioner=partitioner) | _run_hooks(eval_hooks, step, model,
                                                             state.all_params))
         if step % checkpoint_every == 0 or step == train_steps:
-          _check_finite(pending, checkpointer, last_good)
-          checkpointer.save(step, state.all_params, state.opt_state,
-                            {'step': step, 'batches_consumed': step})
-          last_good = step
+          last_good = save()
       if preemption.requested and last_good != step:
-        _check_finite(pending, checkpointer, last_good)
-        checkpointer.save(step, state.all_params, state.opt_state,
-                          {'step': step, 'batches_consumed': step})
+        save()
     finally:
       preemption.restore()
       progress.close()
@@ -214,6 +217,12 @@ def _run_hooks(hooks, step, model, params) -> dict:
   return results
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_eval_step(model: Model, replicated):
+  """One compiled evaluation step per model and mesh, however often `evaluate` runs."""
+  return jax.jit(functools.partial(eval_step, model=model), out_shardings=replicated)
+
+
 def evaluate(model: Model, params, task: str, task_feature_lengths: Mapping[str, int],
              batch_size: int, *, split: str = 'validation', max_batches: int | None = None,
              seed: int = 0, partitioner: partitioning.Partitioner | None = None) -> dict:
@@ -221,8 +230,7 @@ def evaluate(model: Model, params, task: str, task_feature_lengths: Mapping[str,
   batches = data.get_dataset(task, task_feature_lengths, model.towers, batch_size, split=split,
                              shuffle=False, seed=seed, num_epochs=1)
   partitioner = partitioner or partitioning.Partitioner()
-  step = jax.jit(functools.partial(eval_step, model=model),
-                 out_shardings=partitioner.sharding(()))
+  step = _jitted_eval_step(model, partitioner.sharding(()))
   totals, count = None, 0
   for batch in batches.take(max_batches or -1).as_numpy_iterator():
     batch = jax.make_array_from_process_local_data(partitioner.batch_sharding, batch)
