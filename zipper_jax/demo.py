@@ -62,7 +62,7 @@ def transcribe(model_dir: str, batches: int = 2):
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument('--workdir', default=WORKDIR)
-  parser.add_argument('--steps', type=int, default=600, help='steps of the zipped training')
+  parser.add_argument('--steps', type=int, default=1000, help='steps of the zipped training')
   parser.add_argument('--pretrain_steps', type=int, default=300, help='steps of each tower')
   args = parser.parse_args(argv)
   corpus = os.path.abspath(os.path.join(args.workdir, 'corpus'))
