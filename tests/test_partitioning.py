@@ -20,13 +20,14 @@ def test_mesh_fills_the_minus_one_axis():
 
 
 def test_zipper_shards_as_the_rules_say():
-  mesh = partitioning.make_mesh((1, 2, 4))  # fsdp x tensor over 8 fake devices
+  partitioner = partitioning.Partitioner((1, 2, 4))  # fsdp x tensor over 8 fake devices
   # Head counts divisible by the 4-way tensor axis.
   towers = {'text': dataclasses.replace(TEXT, num_kv_heads=4),
             'speech': dataclasses.replace(SPEECH, num_heads=4, head_dim=6)}
   model = Zipper(ZipperConfig(towers, TWO_WAY))
   inputs = asr_inputs(batch=4)
-  params, shardings = partitioning.init_sharded(model, jax.random.key(0), inputs, mesh=mesh)
+  params, _ = partitioner.initialize(model.init, jax.random.key(0), inputs)
+  params = params['params']
 
   text = params['text']
   assert text['embedder']['embedding'].sharding.spec == P('tensor', 'fsdp')
@@ -38,7 +39,7 @@ def test_zipper_shards_as_the_rules_say():
   assert {shard.data.shape for shard in gate.addressable_shards} == {(16, 16)}
 
   params = open_gates(params)
-  with partitioning.sharding_context(mesh):
+  with partitioner.context():
     sharded, _ = jax.jit(model.apply)({'params': params}, inputs)
   single, _ = jax.jit(model.apply)({'params': jax.device_get(params)}, inputs)
   for name in sharded:

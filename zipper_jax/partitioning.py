@@ -101,6 +101,14 @@ class Partitioner:
   def batch_sharding(self) -> NamedSharding:
     return self.sharding(('batch',))
 
+  def initialize(self, boxed_init, *args, shardings=None):
+    """Runs `boxed_init(*args)` (parameters with logical names, e.g. `model.init`) straight into
+    their sharded layout, so parameters never exist whole on one device; returns (parameters,
+    shardings). Pass `shardings` when they are already known."""
+    shardings = shardings or self.shardings(jax.eval_shape(boxed_init, *args))
+    init = jax.jit(lambda *a: nn.unbox(boxed_init(*a)), out_shardings=shardings)
+    return init(*args), shardings
+
   def context(self):
     return sharding_context(self.mesh, self.rules)
 
@@ -115,21 +123,6 @@ def sharding_context(mesh: Mesh, rules=DEFAULT_RULES):
 def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
   """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
-
-
-def init_sharded(model: nn.Module, rng, *inputs, mesh: Mesh, rules=DEFAULT_RULES):
-  """Initialises `model` directly into its sharded layout; returns (params, their shardings).
-
-  Parameters never exist whole on one device, which is what lets a model larger than one
-  device's memory start at all. The output shardings alone place them: no mesh context is
-  entered, because flax's `DenseGeneral` unboxes multi-axis kernels at their flattened shape,
-  where a constraint of the kernel's rank would not apply.
-  """
-  init = lambda rng: model.init(rng, *inputs)['params']
-  boxed = jax.eval_shape(init, rng)
-  shardings = logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
-  params = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=shardings)(rng)
-  return params, shardings
 
 
 def describe_layout(boxed_params, partitioner: Partitioner, num_devices: int | None = None) -> str:

@@ -107,8 +107,8 @@ def train(model: Model = gin.REQUIRED, *,
     logging.info('resuming from step %d of %s', step, checkpointer.directory)
   else:
     step, batches_consumed = 0, 0
-    params = _initial_params(model, rng, example, init_checkpoints, param_shardings,
-                             partitioner.sharding(()))
+    params = _initial_params(model, rng, example, init_checkpoints, partitioner,
+                             param_shardings)
     opt_state = jax.jit(lambda p: tx.init(freezing.partition(p, mask)[0]),
                         out_shardings=opt_shardings)(params)
   state_shardings = TrainState(partitioner.sharding(()),
@@ -187,11 +187,12 @@ def train(model: Model = gin.REQUIRED, *,
   return state
 
 
-def _initial_params(model: Model, rng, example, init_checkpoints, shardings, replicated):
+def _initial_params(model: Model, rng, example, init_checkpoints,
+                    partitioner: partitioning.Partitioner, shardings):
   """Fresh parameters, with the towers named in `init_checkpoints` taken from their runs."""
   if not init_checkpoints:
-    return jax.jit(lambda r: nn.unbox(model.init(r, example)), out_shardings=shardings)(rng)
-  towers = {name: checkpoints.load_params(path, sharding=replicated)
+    return partitioner.initialize(model.init, rng, example, shardings=shardings)[0]
+  towers = {name: checkpoints.load_params(path, sharding=partitioner.sharding(()))
             for name, path in init_checkpoints.items()}
   return jax.jit(lambda r, t: model.params_from_towers(r, example, t),
                  out_shardings=shardings)(rng, towers)
