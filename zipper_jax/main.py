@@ -1,11 +1,12 @@
-"""The `zipper` command: `zipper train` and `zipper eval`, each configured by gin.
+"""The `zipper` command. `train`, `eval` and `layout` are configured by gin:
 
   zipper train --gin_file=gin/experiments/tiny_zipper_frozen_text.gin \\
       --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000
 
 Gin files are looked up relative to the working directory and to the repository root, so
 `include 'gin/models/tiny.gin'` works from anywhere. Every binding is checked when the files are
-parsed: a misspelt name stops the command before any compute.
+parsed: a misspelt name stops the command before any compute. The other commands (data,
+import/export, inference) take plain flags; see `zipper COMMAND --help`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from zipper_jax import configurables  # noqa: F401 -- registers what gin can con
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Commands with plain flags: each module has `add_parser(subparsers)`, which sets `run(args)`.
+PLAIN_COMMANDS = ()
 
 
 @gin.configurable
@@ -114,14 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument('--coordinator_address', help='multi-host: HOST:PORT of process 0')
     command.add_argument('--num_processes', type=int, help='multi-host: number of processes')
     command.add_argument('--process_id', type=int, help='multi-host: this process\'s index')
+    command.set_defaults(run=run_gin_command)
+  for module in PLAIN_COMMANDS:
+    module.add_parser(commands)
   parser.epilog = 'Gin bindings: --gin.NAME=VALUE, e.g. --gin.TRAIN_STEPS=100'
   return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-  argv, bindings = split_gin_bindings(sys.argv[1:] if argv is None else argv)
-  args = build_parser().parse_args(argv)
+def run_gin_command(args, bindings: Sequence[str]) -> int:
   # A layout needs shapes only, not the run's directory, data or length.
   parse_gin(args.gin_file, bindings, finalize=args.command != 'layout')
   initialize_distributed(args)
@@ -135,6 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.print_config:
     print(gin.operative_config_str())
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  argv, bindings = split_gin_bindings(sys.argv[1:] if argv is None else argv)
+  args = build_parser().parse_args(argv)
+  if args.run is not run_gin_command and bindings:
+    raise SystemExit(f'zipper {args.command} takes no --gin. bindings: {bindings}')
+  return args.run(args, bindings) if args.run is run_gin_command else args.run(args)
 
 
 if __name__ == '__main__':
