@@ -129,7 +129,7 @@ class Attention(nn.Module):
   Split into `project_kv` and `attend` so that a caller can cache keys and values: self-attention
   appends them to a growing cache, cross-attention computes them once from the other tower.
   `rope_theta=None` turns rotary embeddings off (cross-attention: the two towers' positions are
-  not comparable).
+  not comparable). `qkv_bias` adds biases to the query, key and value projections (Qwen2).
   """
   embed_dim: int
   num_heads: int
@@ -138,13 +138,17 @@ class Attention(nn.Module):
   rope_theta: float | None = 10_000.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  qkv_bias: bool = False
 
   def setup(self):
-    dense = lambda features, axes, contract=1: Dense(
-        features, axes, contract, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.query = dense((self.num_heads, self.head_dim), ('embed', 'heads', 'kv'))
-    self.key = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'))
-    self.value = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'))
+    dense = lambda features, axes, contract=1, use_bias=False: Dense(
+        features, axes, contract, use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.query = dense((self.num_heads, self.head_dim), ('embed', 'heads', 'kv'),
+                       use_bias=self.qkv_bias)
+    self.key = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'),
+                     use_bias=self.qkv_bias)
+    self.value = dense((self.num_kv_heads, self.head_dim), ('embed', 'kv_heads', 'kv'),
+                       use_bias=self.qkv_bias)
     self.out = dense(self.embed_dim, ('heads', 'kv', 'embed'), contract=2)
 
   def project_kv(self, x, positions=None):

@@ -42,6 +42,7 @@ class TowerConfig:
   rope_theta: float = 10_000.0
   norm_epsilon: float = 1e-6
   tie_embeddings: bool = False
+  qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
   dtype: Any = jnp.float32  # compute
   param_dtype: Any = jnp.float32
   remat: str = 'none'  # recompute block activations in the backward pass: see REMAT_POLICIES
@@ -69,7 +70,7 @@ class DecoderBlock(nn.Module):
     c = self.config
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
     attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim, c.rope_theta,
-                          c.dtype, c.param_dtype, name='attention')
+                          c.dtype, c.param_dtype, c.qkv_bias, name='attention')
     keys, values = attention.project_kv(x, inputs.positions)
     key_positions, key_segments = inputs.positions, inputs.segment_ids
     if cache is not None:
