@@ -56,6 +56,17 @@ class Checkpointer:
     self.manager.close()
 
 
+def save_params(model_dir: str, params, meta: dict[str, Any]) -> None:
+  """Parameters alone as step 0 of a run in `model_dir` (an imported pre-trained tower):
+  `load_params` and a trainer's `INIT_CHECKPOINTS` read it; there is no optimizer state."""
+  manager = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(model_dir), 'checkpoints'), item_names=('params', 'meta'),
+      options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+  manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                          meta=ocp.args.JsonSave(meta)))
+  manager.close()
+
+
 def load_params(model_dir: str, abstract_params=None, sharding=None):
   """The parameters of the newest readable checkpoint of the run in `model_dir`.
 

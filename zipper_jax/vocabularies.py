@@ -1,8 +1,9 @@
 """Vocabularies of the towers, and how a run keeps them beside its checkpoints.
 
 Text: a SentencePiece model (seqio's `SentencePieceVocabulary`; 0 = padding, 1 = end of
-sentence). Speech: k-means units and begin/end of audio, placed so that no speech id is 0, the
-padding id every feature converter relies on.
+sentence), or the tokenizer a pre-trained tower came with (`TokenizerVocabulary`). Speech: k-means
+units and begin/end of audio, placed so that no speech id is 0, the padding id every feature
+converter relies on.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import os
 import shutil
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import seqio
 import sentencepiece as spm
 import tensorflow as tf
+import tokenizers
 
 NUM_UNITS = 1024
 
@@ -69,6 +72,67 @@ class UnitVocabulary(seqio.Vocabulary):
     return f'UnitVocabulary(num_units={self.num_units})'
 
 
+class TokenizerVocabulary(seqio.Vocabulary):
+  """A Hugging Face `tokenizers` tokenizer (a tokenizer.json): an imported pre-trained tower
+  reads the ids it was trained on.
+
+  Ids are the tokenizer's own, and no special tokens are added. seqio pads with id 0, which is
+  then also the tokenizer's token 0 (for SmolLM2 `<|endoftext|>`, for Llama 3 a plain `!`);
+  decoding drops it, as padding.
+  """
+
+  def __init__(self, tokenizer_file: str, eos_id: int | None, bos_id: int | None = None):
+    self.tokenizer_file = tokenizer_file
+    self.tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
+    self._eos_id, self._bos_id = eos_id, bos_id
+    super().__init__()
+
+  @property
+  def eos_id(self) -> int | None:
+    return self._eos_id
+
+  @property
+  def bos_id(self) -> int | None:
+    return self._bos_id
+
+  @property
+  def unk_id(self) -> None:
+    return None
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def _encode(self, s: str) -> list[int]:
+    return self.tokenizer.encode(s, add_special_tokens=False).ids
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    return self.tokenizer.decode([int(i) for i in ids if i != self.pad_id],
+                                 skip_special_tokens=True)
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    """One string (a scalar) to its ids."""
+    ids = tf.numpy_function(lambda x: np.asarray(self._encode(x.item().decode()), np.int32), [s],
+                            tf.int32, stateful=False)
+    return tf.ensure_shape(ids, [None])
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """Ids [..., length] to strings [...]."""
+    def decode_rows(rows):
+      flat = rows.reshape(-1, rows.shape[-1])
+      return np.asarray([self._decode(row).encode() for row in flat],
+                        object).reshape(rows.shape[:-1])
+    text = tf.numpy_function(decode_rows, [ids], tf.string, stateful=False)
+    return tf.ensure_shape(text, ids.shape[:-1])
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, TokenizerVocabulary) and other.eos_id == self.eos_id and
+            other.tokenizer.to_str() == self.tokenizer.to_str())
+
+  def __str__(self) -> str:
+    return f'TokenizerVocabulary({self.tokenizer_file!r}, eos_id={self.eos_id})'
+
+
 def train_text_vocabulary(sentences: Iterable[str], model_prefix: str,
                           vocab_size: int) -> seqio.SentencePieceVocabulary:
   """A unigram SentencePiece model over `sentences`, with seqio's id layout (pad 0, eos 1).
@@ -93,6 +157,10 @@ def save_vocabularies(directory: str, vocabularies: Mapping[str, seqio.Vocabular
     if isinstance(vocabulary, seqio.SentencePieceVocabulary):
       shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(out, f'{name}.model'))
       index[name] = {'kind': 'sentencepiece', 'file': f'{name}.model'}
+    elif isinstance(vocabulary, TokenizerVocabulary):
+      shutil.copyfile(vocabulary.tokenizer_file, os.path.join(out, f'{name}.tokenizer.json'))
+      index[name] = {'kind': 'tokenizer', 'file': f'{name}.tokenizer.json',
+                     'eos_id': vocabulary.eos_id, 'bos_id': vocabulary.bos_id}
     elif isinstance(vocabulary, UnitVocabulary):
       index[name] = {'kind': 'units', 'num_units': vocabulary.num_units}
     elif isinstance(vocabulary, seqio.PassThroughVocabulary):
@@ -111,6 +179,8 @@ def load_vocabularies(directory: str) -> dict[str, seqio.Vocabulary]:
     index = json.load(f)
   loaders = {
       'sentencepiece': lambda e: seqio.SentencePieceVocabulary(os.path.join(root, e['file'])),
+      'tokenizer': lambda e: TokenizerVocabulary(os.path.join(root, e['file']), e['eos_id'],
+                                                 e['bos_id']),
       'units': lambda e: UnitVocabulary(e['num_units']),
       'pass_through': lambda e: seqio.PassThroughVocabulary(e['size'], e['eos_id']),
   }
