@@ -1,0 +1,209 @@
+"""Llama-family decoders in Hugging Face's layout (config.json + safetensors), both ways.
+
+An HF Llama and our `Tower` are the same network: pre-norm RMSNorm that multiplies by its weight
+(our `scale`, not `1 + scale`), rotary embeddings over split halves (HF's `rotate_half`, our
+`apply_rotary`) with the same frequencies, grouped K/V heads, a SwiGLU MLP. Moving weights across
+is renaming, transposing (HF stores `[out, in]`) and splitting the head axis out; `layout` says it
+once for both directions. Qwen2 adds biases on the query, key and value projections
+(`TowerConfig.qkv_bias`). What a Tower cannot compute exactly is refused with the reason.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from zipper_jax.inputs import TowerInput
+from zipper_jax.tower import Tower, TowerConfig
+
+ARCHITECTURES = ('LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM')
+# Architectures people will try that a Tower does not compute, and why.
+REFUSED = {
+    'GemmaForCausalLM': 'Gemma scales embeddings by sqrt(hidden_size) and uses a GELU MLP',
+    'Gemma2ForCausalLM': 'Gemma 2 scales embeddings, soft-caps logits and adds post-norms',
+    'Gemma3ForCausalLM': 'Gemma 3 scales embeddings, normalises queries and keys and adds '
+                         'post-norms',
+    'Qwen3ForCausalLM': 'Qwen3 normalises queries and keys (q_norm, k_norm)',
+}
+# Tensors some checkpoints carry that are not weights.
+IGNORED_SUFFIXES = ('rotary_emb.inv_freq',)
+
+
+def tower_config(hf: Mapping[str, Any]) -> TowerConfig:
+  """The `TowerConfig` of an HF config.json, or a ValueError naming what a Tower cannot do."""
+  architecture = (hf.get('architectures') or ['<none given>'])[0]
+  if architecture in REFUSED:
+    raise ValueError(f'{architecture} cannot be imported: {REFUSED[architecture]}')
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f'unknown architecture {architecture!r}; importable: {list(ARCHITECTURES)}')
+  problems = []
+  if hf.get('hidden_act', 'silu') != 'silu':
+    problems.append(f'hidden_act={hf["hidden_act"]!r} (a Tower\'s MLP is SwiGLU)')
+  rope = hf.get('rope_parameters') or hf.get('rope_scaling') or {}
+  if rope.get('rope_type', rope.get('type', 'default')) != 'default':
+    problems.append(f'rope type {rope.get("rope_type", rope.get("type"))!r} (only plain rotary)')
+  if hf.get('partial_rotary_factor', 1.0) != 1.0:
+    problems.append(f'partial_rotary_factor={hf["partial_rotary_factor"]}')
+  if hf.get('attention_bias') or hf.get('mlp_bias'):
+    problems.append('attention_bias or mlp_bias (a Tower has biases on q, k, v only, as Qwen2)')
+  window = hf.get('sliding_window')
+  if window and (architecture == 'MistralForCausalLM' or hf.get('use_sliding_window')):
+    problems.append(f'sliding_window={window} (a Tower attends to the whole prefix)')
+  if set(hf.get('layer_types') or ['full_attention']) != {'full_attention'}:
+    problems.append(f'layer_types={sorted(set(hf["layer_types"]))}')
+  if problems:
+    raise ValueError(f'{architecture} with ' + '; '.join(problems) + ' cannot be imported')
+  heads = hf['num_attention_heads']
+  return TowerConfig(
+      vocab_size=hf['vocab_size'], num_layers=hf['num_hidden_layers'],
+      embed_dim=hf['hidden_size'], num_heads=heads,
+      head_dim=hf.get('head_dim') or hf['hidden_size'] // heads, mlp_dim=hf['intermediate_size'],
+      num_kv_heads=hf.get('num_key_value_heads') or heads,
+      rope_theta=float(rope.get('rope_theta', hf.get('rope_theta', 10_000.0))),
+      norm_epsilon=float(hf.get('rms_norm_eps', 1e-6)),
+      tie_embeddings=bool(hf.get('tie_word_embeddings', False)),
+      qkv_bias=architecture == 'Qwen2ForCausalLM')
+
+
+def hf_config(config: TowerConfig, eos_id: int | None = None, bos_id: int | None = None) -> dict:
+  """The config.json with which transformers builds `config`'s network."""
+  return {
+      'architectures': ['Qwen2ForCausalLM' if config.qkv_bias else 'LlamaForCausalLM'],
+      'model_type': 'qwen2' if config.qkv_bias else 'llama',
+      'vocab_size': config.vocab_size, 'num_hidden_layers': config.num_layers,
+      'hidden_size': config.embed_dim, 'num_attention_heads': config.num_heads,
+      'num_key_value_heads': config.kv_heads, 'head_dim': config.head_dim,
+      'intermediate_size': config.mlp_dim, 'hidden_act': 'silu',
+      'rope_theta': config.rope_theta, 'rms_norm_eps': config.norm_epsilon,
+      'tie_word_embeddings': config.tie_embeddings, 'attention_bias': False, 'mlp_bias': False,
+      'bos_token_id': bos_id, 'eos_token_id': eos_id, 'dtype': 'float32',
+  }
+
+
+def layout(config: TowerConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], bool]]:
+  """HF tensor name -> (our parameter path, HF shape, transposed).
+
+  Ours is `(w.T if transposed else w).reshape(our shape)`: HF's fused head axis `heads * head_dim`
+  becomes our two axes.
+  """
+  c = config
+  e, h, k, d = c.embed_dim, c.num_heads, c.kv_heads, c.head_dim
+  names = {'model.embed_tokens.weight': (('embedder', 'embedding'), (c.vocab_size, e), False),
+           'model.norm.weight': (('final_norm', 'scale'), (e,), False)}
+  if not c.tie_embeddings:
+    names['lm_head.weight'] = (('lm_head', 'kernel'), (c.vocab_size, e), True)
+  for i in range(c.num_layers):
+    hf, ours = f'model.layers.{i}.', f'block_{i}'
+    attention = {'q_proj': ('query', h * d), 'k_proj': ('key', k * d), 'v_proj': ('value', k * d)}
+    for name, (our_name, width) in attention.items():
+      names[f'{hf}self_attn.{name}.weight'] = ((ours, 'attention', our_name, 'kernel'),
+                                               (width, e), True)
+      if c.qkv_bias:
+        names[f'{hf}self_attn.{name}.bias'] = ((ours, 'attention', our_name, 'bias'),
+                                               (width,), False)
+    names[f'{hf}self_attn.o_proj.weight'] = ((ours, 'attention', 'out', 'kernel'), (e, h * d),
+                                             True)
+    for name, shape in (('gate', (c.mlp_dim, e)), ('up', (c.mlp_dim, e)),
+                        ('down', (e, c.mlp_dim))):
+      names[f'{hf}mlp.{name}_proj.weight'] = ((ours, 'mlp', name, 'kernel'), shape, True)
+    names[f'{hf}input_layernorm.weight'] = ((ours, 'pre_attention_norm', 'scale'), (e,), False)
+    names[f'{hf}post_attention_layernorm.weight'] = ((ours, 'pre_mlp_norm', 'scale'), (e,),
+                                                     False)
+  return names
+
+
+def tower_shapes(config: TowerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """Every parameter path of a Tower with `config`, and its shape (traced, nothing allocated)."""
+  inputs = TowerInput.from_tokens(jnp.zeros((1, 1), jnp.int32))
+  shapes = jax.eval_shape(lambda: nn.unbox(Tower(config).init(jax.random.key(0), inputs)))
+  return {tuple(key.key for key in path): leaf.shape
+          for path, leaf in jax.tree_util.tree_leaves_with_path(shapes['params'])}
+
+
+def tower_params(tensors: Mapping[str, np.ndarray], config: TowerConfig) -> dict:
+  """Our parameter tree (float32) from HF-named tensors; a ValueError names every missing,
+  unexpected or mis-shaped tensor."""
+  names, shapes = layout(config), tower_shapes(config)
+  unmapped = shapes.keys() - {path for path, _, _ in names.values()}
+  if unmapped:  # a Tower parameter this module does not know: it must learn it first
+    raise NotImplementedError(f'no HF name for Tower parameters {sorted(unmapped)}')
+  given = {name: t for name, t in tensors.items() if not name.endswith(IGNORED_SUFFIXES)}
+  if config.tie_embeddings and 'lm_head.weight' in given:
+    # Some tied checkpoints store the head as well; it must be the embedding.
+    head = given.pop('lm_head.weight')
+    if not np.array_equal(head, given.get('model.embed_tokens.weight')):
+      raise ValueError('tie_word_embeddings is set but lm_head.weight differs from '
+                       'model.embed_tokens.weight')
+  problems = [f'missing {name}' for name in names.keys() - given.keys()]
+  problems += [f'unexpected {name}' for name in given.keys() - names.keys()]
+  problems += [f'{name}: shape {tuple(given[name].shape)}, expected {shape}'
+               for name, (_, shape, _) in names.items()
+               if name in given and tuple(given[name].shape) != shape]
+  if problems:
+    raise ValueError('the checkpoint does not match its config: ' + '; '.join(sorted(problems)))
+  params = {}
+  for name, (path, _, transposed) in names.items():
+    w = np.asarray(given[name], np.float32)
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = np.ascontiguousarray((w.T if transposed else w).reshape(shapes[path]))
+  return params
+
+
+def hf_tensors(params, config: TowerConfig) -> dict[str, np.ndarray]:
+  """HF-named float32 tensors from our parameter tree (the inverse of `tower_params`)."""
+  tensors = {}
+  for name, (path, shape, transposed) in layout(config).items():
+    w = params
+    for key in path:
+      w = w[key]
+    w = np.asarray(w, np.float32)
+    tensors[name] = np.ascontiguousarray(
+        w.reshape(shape[::-1]).T if transposed else w.reshape(shape))
+  return tensors
+
+
+def read_safetensors(directory: str) -> dict[str, np.ndarray]:
+  """Every tensor of an HF checkpoint directory, as float32 numpy arrays.
+
+  Only safetensors are read: `*.bin`/`*.pt` checkpoints are pickles, which can run arbitrary code
+  when loaded.
+  """
+  index = os.path.join(directory, 'model.safetensors.index.json')
+  if os.path.exists(index):
+    with open(index) as f:
+      files = sorted({os.path.join(directory, shard)
+                      for shard in json.load(f)['weight_map'].values()})
+  else:
+    files = sorted(glob.glob(os.path.join(directory, '*.safetensors')))
+  if not files:
+    pickles = [os.path.basename(p) for pattern in ('*.bin', '*.pt', '*.pth', '*.ckpt')
+               for p in glob.glob(os.path.join(directory, pattern))]
+    raise ValueError(f'no *.safetensors in {directory}' + (
+        f'; refusing to load pickled weights {pickles} (they can run code when loaded). '
+        'Convert them to safetensors first, where you trust them' if pickles else ''))
+  tensors = {}
+  for path in files:
+    # The flax framework reads bfloat16, which plain numpy cannot.
+    with safetensors.safe_open(path, framework='flax') as f:
+      for name in f.keys():
+        tensors[name] = np.asarray(f.get_tensor(name).astype(np.float32))
+  return tensors
+
+
+def write_safetensors(directory: str, tensors: Mapping[str, np.ndarray], hf: Mapping) -> None:
+  """model.safetensors and config.json, as `from_pretrained` reads them."""
+  os.makedirs(directory, exist_ok=True)
+  safetensors.numpy.save_file(dict(tensors), os.path.join(directory, 'model.safetensors'),
+                              metadata={'format': 'pt'})
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump(hf, f, indent=2)

