@@ -3,12 +3,28 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Debian packages the corpus is built from: the flite synthesiser and the text sources.
+SYSTEM_PACKAGES := flite sword-text-web diatheke wordnet-base fortunes
+SYSTEM_STAMP := $(VENV)/.system-packages
 
-.PHONY: install test test-fast demo bench clean
+SUDO := $(shell [ $$(id -u) = 0 ] || echo sudo)
+
+.PHONY: install system-packages test test-fast demo bench clean
 
 install: $(STAMP)
 
-$(STAMP): setup.py requirements/base.txt requirements/no-deps.txt requirements/test.txt
+system-packages: $(SYSTEM_STAMP)
+
+$(SYSTEM_STAMP):
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	mkdir -p $(VENV) && touch $@
+
+$(STAMP): setup.py requirements/base.txt requirements/no-deps.txt requirements/test.txt $(SYSTEM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/test.txt

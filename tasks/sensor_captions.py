@@ -25,15 +25,8 @@ def sensor_codes(example):
   return {'text': example['text'], 'sensor': tf.cast(codes, tf.int32)}
 
 
-def source() -> seqio.FunctionDataSource:
-  splits = {'train': 'aligned', 'validation': 'validation'}
-  return seqio.FunctionDataSource(
-      lambda split, shuffle_files, seed=None: speech_text.read_split(splits[split]),
-      splits=tuple(splits))
-
-
 seqio.TaskRegistry.add(
-    'sensor_captioning', source=source(),
+    'sensor_captioning', source=speech_text.source('aligned'),
     preprocessors=[
         sensor_codes,
         preprocessors.encode('sensor_captioning', VOCABULARIES, present=('sensor', 'text')),

@@ -1,11 +1,11 @@
 """Tasks and mixtures of the speech-text corpus, registered on import.
 
-The corpus lives in `$ZIPPER_CORPUS_DIR` (default `~/.cache/zipper_jax/corpus`), read when a
-dataset is first built, not at import:
+The corpus lives in `$ZIPPER_CORPUS_DIR` (default `~/.cache/zipper_jax/corpus`; build one with
+`zipper corpus build --out DIR`), read when a dataset is first built, not at import:
 
   text_vocab.model            SentencePiece model trained on the text-only split
-  splits/<split>.jsonl        one utterance a line: {"id": ..., "text": ..., "units": [...]}
-                              (text-only lines have no units, unlabeled speech no text)
+  zipper_speech_text/1.0.0/   the TFDS dataset (`zipper_jax.corpus_tfds`): per utterance
+                              "id", "text" and "units" (text-only utterances have no units)
 
 Corpus splits: `text_only` (text tower pre-training), `speech_only` (speech tower pre-training),
 `aligned` (ASR/TTS fine-tuning, stored in a seeded random order so that every fraction is a
@@ -21,15 +21,13 @@ ability), each with fractions and `single_` twins; rates come from `mixture_rate
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
 
 import gin
 import seqio
-import tensorflow as tf
 
 from tasks import preprocessors
+from zipper_jax import corpus_tfds
 from zipper_jax.vocabularies import UnitVocabulary
 
 CORPUS_DIR = os.environ.get('ZIPPER_CORPUS_DIR',
@@ -41,38 +39,13 @@ SPEECH_VOCABULARY = UnitVocabulary()
 VOCABULARIES = {'text': TEXT_VOCABULARY, 'speech': SPEECH_VOCABULARY}
 
 
-def read_split(split: str, fraction: float = 1.0) -> tf.data.Dataset:
-  """The first `fraction` of a corpus split, as {'id', 'text', 'units'} examples."""
-  path = os.path.join(CORPUS_DIR, 'splits', f'{split}.jsonl')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'corpus split {split!r} not found at {path}: build the corpus '
-                            '(`zipper corpus`) or point $ZIPPER_CORPUS_DIR at one')
-  with open(path) as f:
-    count = sum(1 for _ in f)
-  keep = max(1, math.ceil(fraction * count))
-
-  def lines():
-    with open(path) as f:
-      for _, line in zip(range(keep), f):
-        record = json.loads(line)
-        yield {'id': record['id'], 'text': record.get('text', ''),
-               'units': record.get('units', [])}
-
-  return tf.data.Dataset.from_generator(lines, output_signature={
-      'id': tf.TensorSpec([], tf.string), 'text': tf.TensorSpec([], tf.string),
-      'units': tf.TensorSpec([None], tf.int32)})
-
-
-def source(train_split: str, fraction: float = 1.0) -> seqio.FunctionDataSource:
-  """Train from `train_split` (a fraction of it), evaluate on the held-out and test splits."""
-  splits = {'train': (train_split, fraction), 'validation': ('validation', 1.0),
-            'test_clean': ('test_clean', 1.0), 'test_other': ('test_other', 1.0)}
-
-  def dataset_fn(split, shuffle_files, seed=None):
-    del shuffle_files, seed  # one file a split; seqio shuffles examples
-    return read_split(*splits[split])
-
-  return seqio.FunctionDataSource(dataset_fn, splits=tuple(splits))
+def source(train_split: str, fraction: float = 1.0) -> seqio.TfdsDataSource:
+  """Train on the first `fraction` of `train_split`; evaluate on the held-out and test splits."""
+  train = train_split if fraction == 1 else f'{train_split}[:{fraction:.0%}]'
+  return seqio.TfdsDataSource(
+      tfds_name=f'{corpus_tfds.NAME}:{corpus_tfds.VERSION}', tfds_data_dir=CORPUS_DIR,
+      splits={'train': train, 'validation': 'validation', 'test_clean': 'test_clean',
+              'test_other': 'test_other'})
 
 
 @seqio.map_over_dataset

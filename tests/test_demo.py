@@ -18,4 +18,4 @@ def test_demo_runs_every_stage(tmp_path):
   for stage in ('text', 'speech', 'zipper'):
     assert os.listdir(tmp_path / stage / 'checkpoints')
     assert os.path.exists(tmp_path / stage / 'vocabularies' / 'index.json')
-  assert os.path.exists(tmp_path / 'corpus' / 'splits' / 'aligned.jsonl')
+  assert os.path.exists(tmp_path / 'corpus' / 'zipper_speech_text' / '1.0.0' / 'dataset_info.json')

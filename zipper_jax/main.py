@@ -20,13 +20,14 @@ from typing import Mapping, Sequence
 import gin
 import jax
 
-from zipper_jax import batch, checkpoints, models, partitioning, train as train_lib
+from zipper_jax import batch, checkpoints, corpus, import_export, models, partitioning
+from zipper_jax import train as train_lib
 from zipper_jax import configurables  # noqa: F401 -- registers what gin can configure
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Commands with plain flags: each module has `add_parser(subparsers)`, which sets `run(args)`.
-PLAIN_COMMANDS = ()
+PLAIN_COMMANDS = (corpus, import_export)
 
 
 @gin.configurable

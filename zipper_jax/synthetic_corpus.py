@@ -1,11 +1,13 @@
-"""A generated corpus in the on-disk layout `tasks/speech_text.py` reads, for tests and
-benchmarks that must not depend on the real one: random sentences over a small word list, and
-speech units that are a fixed function of their characters (`frames_per_char` units each)."""
+"""A generated corpus in the real corpus's layout (manifests, TFDS dataset, text vocabulary), for
+tests and benchmarks that must not depend on synthesised speech: random sentences over a small
+word list, and speech units that are a fixed function of their characters (`frames_per_char`
+units each)."""
 import json
 import os
 
 import numpy as np
 
+from zipper_jax import corpus_tfds
 from zipper_jax.vocabularies import train_text_vocabulary
 
 WORDS = ('the a one every small big red old young happy dog cat bird horse child man woman '
@@ -30,18 +32,17 @@ def write_corpus(directory, sizes=None, frames_per_char=2, vocab_size=120, seed=
     if sentence not in seen:
       seen.add(sentence)
       sentences.append(sentence)
-  os.makedirs(os.path.join(directory, 'splits'), exist_ok=True)
+  os.makedirs(os.path.join(directory, 'manifest'), exist_ok=True)
   start = 0
   for split, size in sizes.items():
-    with open(os.path.join(directory, 'splits', f'{split}.jsonl'), 'w') as f:
+    with open(os.path.join(directory, 'manifest', f'{split}.jsonl'), 'w') as f:
       for i, sentence in enumerate(sentences[start:start + size]):
-        record = {'id': f'{split}-{i}'}
-        if split != 'speech_only':
-          record['text'] = sentence
+        record = {'id': f'{split}-{i}', 'text': sentence, 'source': 'synthetic'}
         if split != 'text_only':
           record['units'] = units_of(sentence, frames_per_char)
         f.write(json.dumps(record) + '\n')
     start += size
   train_text_vocabulary(sentences[:sizes['text_only']],
                         os.path.join(directory, 'text_vocab'), vocab_size=vocab_size)
+  corpus_tfds.prepare(directory)
   return sentences

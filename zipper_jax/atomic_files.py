@@ -1,0 +1,43 @@
+"""Files and folders that appear whole or not at all: a writer that dies midway leaves nothing
+that a later reader (or a resumed build) could take for finished work."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_file(path: str) -> Iterator[str]:
+  """Yields a temporary path beside `path` to write; renamed onto `path` when the block ends
+  without an error, removed otherwise."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, partial = tempfile.mkstemp(prefix='.partial-', suffix=os.path.splitext(path)[1],
+                                 dir=directory)
+  os.close(fd)
+  try:
+    yield partial
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+  """As `atomic_file`, for a folder: an existing `path` is replaced only once the new one is
+  complete."""
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  partial = tempfile.mkdtemp(prefix='.partial-', dir=parent)
+  try:
+    yield partial
+    if os.path.exists(path):
+      shutil.rmtree(path)
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):
+      shutil.rmtree(partial)

@@ -1,0 +1,316 @@
+"""The embedded speech-text corpus: built offline from packages, deterministic from a seed.
+
+  zipper corpus build --size tiny --out DIR     # CI and the demo: a few minutes on 2 cores
+  zipper corpus stats DIR                        # hours, utterances, units/s, judge WER
+
+Stages, each kept when done and redone only when its output is missing (an interrupted build
+resumes where it stopped; every file is written whole or not at all):
+
+  1. sentences: `corpus_text` sources, shuffled with the seed, split disjointly by sentence into
+     text_only / speech_only / aligned / validation / test_clean / test_other; each utterance
+     gets a voice and rate (and, for test_other, noise) from the seed.
+  2. audio/<split>/<id>.flac: 16 kHz speech. Training splits and test_clean are spoken by the
+     flite voices; test_other by a held-out Piper voice at changed rates with noise.
+  3. speech_tokenizer/: MFCC k-means (1024 units, 25 Hz) fitted on speech_only.
+  4. manifest/<split>.jsonl: {"id", "text", "units", "voice", "rate", "snr_db", "duration",
+     "source", "audio"} per utterance (text_only lines have no units or audio).
+  5. resynthesizer.npz: units -> audio, fitted on speech_only.
+  6. text_vocab.model: SentencePiece on text_only.
+  7. zipper_speech_text/: the TFDS dataset (`corpus_tfds`) that the seqio tasks read.
+  8. metadata.json: sizes, seed, voices, sources and their licences. Written last: a folder
+     without it is an unfinished build.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+import tqdm
+
+from zipper_jax import atomic_files, audio, corpus_text, speech_synthesis
+
+SPLITS = ('text_only', 'speech_only', 'aligned', 'validation', 'test_clean', 'test_other')
+SIZES = {
+    'tiny': {'text_only': 4000, 'speech_only': 1500, 'aligned': 1500, 'validation': 100,
+             'test_clean': 100, 'test_other': 100},
+    'small': {'text_only': 30000, 'speech_only': 20000, 'aligned': 20000, 'validation': 500,
+              'test_clean': 1000, 'test_other': 1000},
+    # Everything the sources give: test sets as `small`, the rest 40/30/30.
+    'full': {'text_only': 0.4, 'speech_only': 0.3, 'aligned': 0.3, 'validation': 500,
+             'test_clean': 1000, 'test_other': 1000},
+}
+TRAIN_VOICES = speech_synthesis.FLITE_VOICES
+TRAIN_RATES = (0.85, 1.0, 1.15)
+TEST_OTHER_VOICES = speech_synthesis.PIPER_VOICES
+TEST_OTHER_RATES = (0.8, 1.25)
+TEST_OTHER_SNR_DB = 15.0
+TOKENIZER_UTTERANCES = 2000  # of speech_only, for the k-means and the resynthesiser
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+  id: str
+  split: str
+  text: str
+  source: str
+  voice: str = ''
+  rate: float = 1.0
+  snr_db: float | None = None
+
+  @property
+  def spoken(self) -> bool:
+    return self.split != 'text_only'
+
+  def audio_path(self, corpus_dir: str) -> str:
+    return os.path.join(corpus_dir, 'audio', self.split, f'{self.id}.flac')
+
+
+def split_sizes(size: str | dict, available: int) -> dict[str, int]:
+  sizes = SIZES[size] if isinstance(size, str) else size
+  fixed = sum(n for n in sizes.values() if isinstance(n, int))
+  counts = {split: n if isinstance(n, int) else int(n * (available - fixed))
+            for split, n in sizes.items()}
+  if sum(counts.values()) > available:
+    raise ValueError(f'corpus size {counts} needs {sum(counts.values())} sentences; the '
+                     f'sources give {available}')
+  return {split: counts[split] for split in SPLITS}
+
+
+def plan(sentences: Sequence[tuple[str, str]], size: str | dict, seed: int) -> list[Utterance]:
+  """Who says what: sentences shuffled with `seed` and cut into disjoint splits; voices, rates
+  and noise drawn from `seed` too."""
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(sentences))
+  utterances, start = [], 0
+  for split, count in split_sizes(size, len(sentences)).items():
+    for i, index in enumerate(order[start:start + count]):
+      source, text = sentences[index]
+      uid = f'{split}-{i:06d}'
+      if split == 'text_only':
+        utterances.append(Utterance(uid, split, text, source))
+      elif split == 'test_other':
+        utterances.append(Utterance(uid, split, text, source, str(rng.choice(TEST_OTHER_VOICES)),
+                                    float(rng.choice(TEST_OTHER_RATES)), TEST_OTHER_SNR_DB))
+      else:
+        utterances.append(Utterance(uid, split, text, source, str(rng.choice(TRAIN_VOICES)),
+                                    float(rng.choice(TRAIN_RATES))))
+    start += count
+  return utterances
+
+
+def _speak(job: tuple[Utterance, str, int]) -> str:
+  utterance, corpus_dir, seed = job
+  wav = speech_synthesis.synthesize(utterance.text, utterance.voice, utterance.rate)
+  if utterance.snr_db is not None:
+    wav = speech_synthesis.add_noise(wav, utterance.snr_db, seed=hash_seed(seed, utterance.id))
+  audio.write_audio(utterance.audio_path(corpus_dir), wav)
+  return utterance.id
+
+
+def hash_seed(seed: int, name: str) -> int:
+  """A per-item seed that does not depend on the order items are processed in."""
+  return int.from_bytes(name.encode(), 'little') % (2**31) ^ seed
+
+
+def _features(path: str):
+  from zipper_jax import speech_tokenizer
+  wav = audio.read_audio(path)
+  config = speech_tokenizer.FeatureConfig()
+  return speech_tokenizer.features(wav, config), speech_tokenizer.log_mel(wav, config)
+
+
+_TOKENIZER = None
+
+
+def _load_tokenizer(directory: str) -> None:
+  global _TOKENIZER
+  from zipper_jax import speech_tokenizer
+  _TOKENIZER = speech_tokenizer.SpeechTokenizer.load(directory)
+
+
+def _encode(path: str) -> tuple[list[int], float]:
+  wav = audio.read_audio(path)
+  return _TOKENIZER.encode(wav).tolist(), len(wav) / audio.SAMPLE_RATE
+
+
+def _parallel(function, jobs: list, workers: int, description: str, initializer=None,
+              initargs=()) -> list:
+  """`function` over `jobs` in `workers` fresh processes (spawned: the parent may hold JAX or
+  TensorFlow state that must not be forked), in order, with a progress bar."""
+  if workers <= 1:
+    if initializer:
+      initializer(*initargs)
+    return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
+  with multiprocessing.get_context('spawn').Pool(workers, initializer, initargs) as pool:
+    return list(tqdm.tqdm(pool.imap(function, jobs, chunksize=8), total=len(jobs),
+                          desc=description, unit='utt'))
+
+
+def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | None = None,
+          sentences: Sequence[tuple[str, str]] | None = None) -> dict:
+  """Builds (or finishes building) the corpus in `out`; returns its metadata."""
+  from zipper_jax import corpus_tfds, resynthesis, speech_tokenizer, vocabularies
+  workers = workers or os.cpu_count()
+  metadata_path = os.path.join(out, 'metadata.json')
+  request = {'size': size, 'seed': seed}
+  _check_same_request(out, request)
+  missing = corpus_text.missing_packages()
+  if missing and sentences is None:
+    raise RuntimeError(f'Debian packages {missing} are needed to build the corpus: '
+                       f'apt-get install {" ".join(missing)} (`make system-packages`)')
+  sentences = list(corpus_text.sentences()) if sentences is None else list(sentences)
+  utterances = plan(sentences, size, seed)
+  by_split = {split: [u for u in utterances if u.split == split] for split in SPLITS}
+
+  to_speak = [(u, out, seed) for u in utterances
+              if u.spoken and not os.path.exists(u.audio_path(out))]
+  _parallel(_speak, to_speak, workers, 'synthesising')
+
+  tokenizer_dir = os.path.join(out, 'speech_tokenizer')
+  resynthesizer_path = os.path.join(out, 'resynthesizer.npz')
+  fit_set = [u.audio_path(out) for u in by_split['speech_only'][:TOKENIZER_UTTERANCES]]
+  if not (os.path.exists(tokenizer_dir) and os.path.exists(resynthesizer_path)):
+    featurised = _parallel(_features, fit_set, workers, 'features')
+    if not os.path.exists(tokenizer_dir):
+      speech_tokenizer.fit([f for f, _ in featurised], speech_tokenizer.FeatureConfig(),
+                           seed=seed).save(tokenizer_dir)
+    tokenizer = speech_tokenizer.SpeechTokenizer.load(tokenizer_dir)
+    resynthesis.fit([tokenizer.quantize(f) for f, _ in featurised],
+                    [mel for _, mel in featurised], tokenizer.config,
+                    num_units=tokenizer.num_units).save(resynthesizer_path)
+
+  for split, members in by_split.items():
+    path = os.path.join(out, 'manifest', f'{split}.jsonl')
+    if os.path.exists(path):
+      continue
+    encoded = (_parallel(_encode, [u.audio_path(out) for u in members], workers,
+                         f'encoding {split}', _load_tokenizer, (tokenizer_dir,))
+               if split != 'text_only' else [None] * len(members))
+    with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
+      for utterance, units in zip(members, encoded):
+        f.write(json.dumps(_manifest_line(utterance, units, out)) + '\n')
+
+  vocab_path = os.path.join(out, 'text_vocab.model')
+  if not os.path.exists(vocab_path):
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+      vocabularies.train_text_vocabulary([u.text for u in by_split['text_only']],
+                                         os.path.join(scratch, 'text_vocab'), vocab_size=1024)
+      os.replace(os.path.join(scratch, 'text_vocab.model'), vocab_path)
+
+  corpus_tfds.prepare(out)
+  metadata = {**request, 'splits': {s: len(m) for s, m in by_split.items()},
+              'train_voices': TRAIN_VOICES, 'train_rates': TRAIN_RATES,
+              'test_other': {'voices': TEST_OTHER_VOICES, 'rates': TEST_OTHER_RATES,
+                             'snr_db': TEST_OTHER_SNR_DB},
+              'sources': {s.name: {'debian_package': s.debian_package, 'licence': s.licence,
+                                   'sentences': sum(u.source == s.name for u in utterances)}
+                          for s in corpus_text.SOURCES},
+              'sample_rate': audio.SAMPLE_RATE}
+  with atomic_files.atomic_file(metadata_path) as partial, open(partial, 'w') as f:
+    json.dump(metadata, f, indent=2)
+  return metadata
+
+
+def _check_same_request(out: str, request: dict) -> None:
+  path = os.path.join(out, 'request.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous != json.loads(json.dumps(request)):
+      raise ValueError(f'{out} holds a corpus built with {previous}, not {request}: choose '
+                       'another --out, or delete the folder to rebuild')
+    return
+  with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
+    json.dump(request, f)
+
+
+def _manifest_line(utterance: Utterance, units: tuple | None, corpus_dir: str) -> dict:
+  line = {'id': utterance.id, 'text': utterance.text, 'source': utterance.source}
+  if units is not None:
+    unit_list, duration = units
+    line.update(units=unit_list, voice=utterance.voice, rate=utterance.rate,
+                snr_db=utterance.snr_db, duration=round(duration, 3),
+                audio=os.path.relpath(utterance.audio_path(corpus_dir), corpus_dir))
+  return line
+
+
+def read_manifest(corpus_dir: str, split: str) -> list[dict]:
+  with open(os.path.join(corpus_dir, 'manifest', f'{split}.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _judge(job: tuple[str, str]) -> tuple[str, str]:
+  from zipper_jax import asr_judge
+  path, reference = job
+  return reference, asr_judge.transcribe(audio.read_audio(path))
+
+
+def stats(corpus_dir: str, judged_utterances: int = 50, workers: int | None = None) -> dict:
+  """Per split: utterances, hours, units per second, and the judge's WER on a sample of the
+  original audio (the floor of the TTS protocol)."""
+  import jiwer
+  if not os.path.exists(os.path.join(corpus_dir, 'metadata.json')):
+    raise FileNotFoundError(f'{corpus_dir}: no finished corpus (metadata.json is missing)')
+  table = {}
+  for split in SPLITS:
+    lines = read_manifest(corpus_dir, split)
+    row = {'utterances': len(lines)}
+    spoken = [line for line in lines if 'units' in line]
+    if spoken:
+      seconds = sum(line['duration'] for line in spoken)
+      row.update(hours=round(seconds / 3600, 3),
+                 units_per_second=round(sum(len(line['units']) for line in spoken) / seconds, 2))
+      if judged_utterances:
+        pairs = _parallel(_judge, [(os.path.join(corpus_dir, line['audio']), line['text'])
+                                   for line in spoken[:judged_utterances]],
+                          workers or os.cpu_count(), f'judging {split}')
+        row['judge_wer'] = round(jiwer.wer(*map(list, zip(*pairs))), 4)
+        row['judged'] = len(pairs)
+    table[split] = row
+  return table
+
+
+def format_stats(table: dict) -> str:
+  columns = ('utterances', 'hours', 'units_per_second', 'judge_wer', 'judged')
+  lines = ['| split | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
+  for split, row in table.items():
+    lines.append(f'| {split} | ' + ' | '.join(str(row.get(c, '')) for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+def add_parser(subparsers) -> None:
+  parser = subparsers.add_parser('corpus', help='Build or describe the embedded speech-text '
+                                 'corpus.', description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+  actions = parser.add_subparsers(dest='action', required=True)
+  build_parser = actions.add_parser('build', help='build (or resume building) a corpus')
+  build_parser.add_argument('--size', choices=sorted(SIZES), default='tiny')
+  build_parser.add_argument('--out', required=True, help='corpus folder')
+  build_parser.add_argument('--seed', type=int, default=0)
+  build_parser.add_argument('--workers', type=int, default=None,
+                            help='processes (default: one per core)')
+  stats_parser = actions.add_parser('stats', help='print hours, utterances, units/s and the '
+                                    'judge\'s WER on original audio per split')
+  stats_parser.add_argument('corpus_dir')
+  stats_parser.add_argument('--judged_utterances', type=int, default=50,
+                            help='utterances per split the ASR judge transcribes (0: none)')
+  parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+  if args.action == 'build':
+    metadata = build(args.out, args.size, args.seed, args.workers)
+    print(json.dumps(metadata['splits']))
+    return 0
+  table = stats(args.corpus_dir, args.judged_utterances)
+  with atomic_files.atomic_file(os.path.join(args.corpus_dir, 'stats.json')) as partial:
+    with open(partial, 'w') as f:
+      json.dump(table, f, indent=2)
+  print(format_stats(table))
+  return 0

