@@ -1,10 +1,12 @@
 """The embedded speech-text corpus: built offline from packages, deterministic from a seed.
 
   zipper corpus build --size tiny --out DIR     # CI and the demo: a few minutes on 2 cores
+  zipper corpus prepare DIR                      # your own audio, listed in DIR/utterances/
   zipper corpus stats DIR                        # hours, utterances, units/s, judge WER
 
 Stages, each kept when done and redone only when its output is missing (an interrupted build
-resumes where it stopped; every file is written whole or not at all):
+resumes where it stopped; every file is written whole or not at all). `build` runs 1-2 and
+writes utterances/<split>.jsonl; `prepare` runs the rest, on any audio listed there:
 
   1. sentences: `corpus_text` sources, shuffled with the seed, split disjointly by sentence into
      text_only / speech_only / aligned / validation / test_clean / test_other; each utterance
@@ -12,8 +14,9 @@ resumes where it stopped; every file is written whole or not at all):
   2. audio/<split>/<id>.flac: 16 kHz speech. Training splits and test_clean are spoken by the
      flite voices; test_other by a held-out Piper voice at changed rates with noise.
   3. speech_tokenizer/: MFCC k-means (1024 units, 25 Hz) fitted on speech_only.
-  4. manifest/<split>.jsonl: {"id", "text", "units", "voice", "rate", "snr_db", "duration",
-     "source", "audio"} per utterance (text_only lines have no units or audio).
+  4. manifest/<split>.jsonl: the utterances' lines plus "units" and "duration" (text_only
+     lines have neither, nor audio): {"id", "text", "units", "voice", "rate", "snr_db",
+     "duration", "source", "audio"}.
   5. resynthesizer.npz: units -> audio, fitted on speech_only.
   6. text_vocab.model: SentencePiece on text_only.
   7. zipper_speech_text/: the TFDS dataset (`corpus_tfds`) that the seqio tasks read.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -33,7 +37,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tqdm
 
-from zipper_jax import atomic_files, audio, corpus_text, speech_synthesis
+from zipper_jax import atomic_files, audio, corpus_text, speech_synthesis, text_normalization
 
 SPLITS = ('text_only', 'speech_only', 'aligned', 'validation', 'test_clean', 'test_other')
 SIZES = {
@@ -154,10 +158,8 @@ def _parallel(function, jobs: list, workers: int, description: str, initializer=
 
 def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | None = None,
           sentences: Sequence[tuple[str, str]] | None = None) -> dict:
-  """Builds (or finishes building) the corpus in `out`; returns its metadata."""
-  from zipper_jax import corpus_tfds, resynthesis, speech_tokenizer, vocabularies
+  """Builds (or finishes building) the embedded corpus in `out`; returns its metadata."""
   workers = workers or os.cpu_count()
-  metadata_path = os.path.join(out, 'metadata.json')
   request = {'size': size, 'seed': seed}
   _check_same_request(out, request)
   missing = corpus_text.missing_packages()
@@ -166,16 +168,39 @@ def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | Non
                        f'apt-get install {" ".join(missing)} (`make system-packages`)')
   sentences = list(corpus_text.sentences()) if sentences is None else list(sentences)
   utterances = plan(sentences, size, seed)
-  by_split = {split: [u for u in utterances if u.split == split] for split in SPLITS}
-
   to_speak = [(u, out, seed) for u in utterances
               if u.spoken and not os.path.exists(u.audio_path(out))]
   _parallel(_speak, to_speak, workers, 'synthesising')
+  for split in SPLITS:
+    path = os.path.join(out, 'utterances', f'{split}.jsonl')
+    if not os.path.exists(path):
+      _write_jsonl(path, [_utterance_line(u, out) for u in utterances if u.split == split])
+  return prepare(out, seed, workers, {
+      **request, 'train_voices': TRAIN_VOICES, 'train_rates': TRAIN_RATES,
+      'test_other': {'voices': TEST_OTHER_VOICES, 'rates': TEST_OTHER_RATES,
+                     'snr_db': TEST_OTHER_SNR_DB},
+      'sources': {s.name: {'debian_package': s.debian_package, 'licence': s.licence,
+                           'sentences': sum(u.source == s.name for u in utterances)}
+                  for s in corpus_text.SOURCES}})
 
+
+def prepare(out: str, seed: int = 0, workers: int | None = None,
+            description: dict | None = None) -> dict:
+  """Turns `out/utterances/<split>.jsonl` (what was said, and where its audio is) into the
+  corpus the tasks read: tokenizer, units, resynthesiser, text vocabulary, TFDS dataset,
+  metadata. Your own speech (LibriSpeech, ...) enters here: write those files, one line an
+  utterance, {"id", "text", "audio"} (an audio path, absolute or relative to `out`; or
+  "units" if it is tokenised already; no audio for text-only lines), then run
+  `zipper corpus prepare DIR`."""
+  from zipper_jax import corpus_tfds, resynthesis, speech_tokenizer, vocabularies
+  workers = workers or os.cpu_count()
+  lines = {split: read_manifest(out, split, 'utterances') for split in SPLITS}
   tokenizer_dir = os.path.join(out, 'speech_tokenizer')
   resynthesizer_path = os.path.join(out, 'resynthesizer.npz')
-  fit_set = [u.audio_path(out) for u in by_split['speech_only'][:TOKENIZER_UTTERANCES]]
-  if not (os.path.exists(tokenizer_dir) and os.path.exists(resynthesizer_path)):
+  fit_set = [_audio_path(out, line) for line in lines['speech_only'][:TOKENIZER_UTTERANCES]
+             if 'audio' in line]
+  # Speech that comes tokenised already needs neither.
+  if fit_set and not (os.path.exists(tokenizer_dir) and os.path.exists(resynthesizer_path)):
     featurised = _parallel(_features, fit_set, workers, 'features')
     if not os.path.exists(tokenizer_dir):
       speech_tokenizer.fit([f for f, _ in featurised], speech_tokenizer.FeatureConfig(),
@@ -185,35 +210,28 @@ def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | Non
                     [mel for _, mel in featurised], tokenizer.config,
                     num_units=tokenizer.num_units).save(resynthesizer_path)
 
-  for split, members in by_split.items():
+  for split, members in lines.items():
     path = os.path.join(out, 'manifest', f'{split}.jsonl')
     if os.path.exists(path):
       continue
-    encoded = (_parallel(_encode, [u.audio_path(out) for u in members], workers,
-                         f'encoding {split}', _load_tokenizer, (tokenizer_dir,))
-               if split != 'text_only' else [None] * len(members))
-    with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
-      for utterance, units in zip(members, encoded):
-        f.write(json.dumps(_manifest_line(utterance, units, out)) + '\n')
+    to_encode = [line for line in members if 'audio' in line and 'units' not in line]
+    encoded = dict(zip((line['id'] for line in to_encode), _parallel(
+        _encode, [_audio_path(out, line) for line in to_encode], workers, f'encoding {split}',
+        _load_tokenizer, (tokenizer_dir,))))
+    _write_jsonl(path, [_manifest_line(line, encoded.get(line['id'])) for line in members])
 
   vocab_path = os.path.join(out, 'text_vocab.model')
   if not os.path.exists(vocab_path):
     with tempfile.TemporaryDirectory(dir=out) as scratch:
-      vocabularies.train_text_vocabulary([u.text for u in by_split['text_only']],
-                                         os.path.join(scratch, 'text_vocab'), vocab_size=1024)
+      vocabularies.train_text_vocabulary(
+          [text_normalization.normalize_transcript(line['text']) for line in lines['text_only']],
+          os.path.join(scratch, 'text_vocab'), vocab_size=1024)
       os.replace(os.path.join(scratch, 'text_vocab.model'), vocab_path)
 
   corpus_tfds.prepare(out)
-  metadata = {**request, 'splits': {s: len(m) for s, m in by_split.items()},
-              'train_voices': TRAIN_VOICES, 'train_rates': TRAIN_RATES,
-              'test_other': {'voices': TEST_OTHER_VOICES, 'rates': TEST_OTHER_RATES,
-                             'snr_db': TEST_OTHER_SNR_DB},
-              'sources': {s.name: {'debian_package': s.debian_package, 'licence': s.licence,
-                                   'sentences': sum(u.source == s.name for u in utterances)}
-                          for s in corpus_text.SOURCES},
+  metadata = {**(description or {}), 'splits': {s: len(m) for s, m in lines.items()},
               'sample_rate': audio.SAMPLE_RATE}
-  with atomic_files.atomic_file(metadata_path) as partial, open(partial, 'w') as f:
-    json.dump(metadata, f, indent=2)
+  _write_json(os.path.join(out, 'metadata.json'), metadata)
   return metadata
 
 
@@ -226,58 +244,97 @@ def _check_same_request(out: str, request: dict) -> None:
       raise ValueError(f'{out} holds a corpus built with {previous}, not {request}: choose '
                        'another --out, or delete the folder to rebuild')
     return
+  _write_json(path, request)
+
+
+def _write_json(path: str, value) -> None:
   with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
-    json.dump(request, f)
+    json.dump(value, f, indent=2)
 
 
-def _manifest_line(utterance: Utterance, units: tuple | None, corpus_dir: str) -> dict:
+def _write_jsonl(path: str, lines: Iterable[dict]) -> None:
+  with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
+    for line in lines:
+      f.write(json.dumps(line) + '\n')
+
+
+def _utterance_line(utterance: Utterance, corpus_dir: str) -> dict:
   line = {'id': utterance.id, 'text': utterance.text, 'source': utterance.source}
-  if units is not None:
-    unit_list, duration = units
-    line.update(units=unit_list, voice=utterance.voice, rate=utterance.rate,
-                snr_db=utterance.snr_db, duration=round(duration, 3),
+  if utterance.spoken:
+    line.update(voice=utterance.voice, rate=utterance.rate, snr_db=utterance.snr_db,
                 audio=os.path.relpath(utterance.audio_path(corpus_dir), corpus_dir))
   return line
 
 
-def read_manifest(corpus_dir: str, split: str) -> list[dict]:
-  with open(os.path.join(corpus_dir, 'manifest', f'{split}.jsonl')) as f:
+def _audio_path(corpus_dir: str, line: dict) -> str:
+  return os.path.join(corpus_dir, line['audio'])  # an absolute path stays as it is
+
+
+def _manifest_line(line: dict, encoded: tuple | None) -> dict:
+  line = {**line, 'text': text_normalization.normalize_transcript(line['text'])}
+  if encoded is not None:
+    line['units'], duration = encoded
+    line['duration'] = round(duration, 3)
+  return line
+
+
+def read_manifest(corpus_dir: str, split: str, kind: str = 'manifest') -> list[dict]:
+  """A split's lines: `manifest` (with units) or `utterances` (what `prepare` starts from)."""
+  path = os.path.join(corpus_dir, kind, f'{split}.jsonl')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} is missing: build the corpus (`zipper corpus build`) or '
+                            'write it (see `zipper corpus prepare --help`)')
+  with open(path) as f:
     return [json.loads(line) for line in f]
 
 
-def _judge(job: tuple[str, str]) -> tuple[str, str]:
+@functools.cache
+def _resynthesizer(path: str):
+  from zipper_jax import resynthesis
+  return resynthesis.Resynthesizer.load(path)
+
+
+def _judge(job: tuple[str, str, list[int], str]) -> tuple[str, str, str]:
+  """The judge's transcripts of an utterance's audio and of its units resynthesised."""
   from zipper_jax import asr_judge
-  path, reference = job
-  return reference, asr_judge.transcribe(audio.read_audio(path))
+  path, reference, units, resynthesizer_path = job
+  resynthesized = _resynthesizer(resynthesizer_path).audio(np.asarray(units))
+  return (reference, asr_judge.transcribe(audio.read_audio(path)),
+          asr_judge.transcribe(resynthesized))
 
 
-def stats(corpus_dir: str, judged_utterances: int = 50, workers: int | None = None) -> dict:
+def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = None) -> dict:
   """Per split: utterances, hours, units per second, and the judge's WER on a sample of the
-  original audio (the floor of the TTS protocol)."""
+  original audio and of its ground-truth units resynthesised: the floor and the ceiling of the
+  TTS protocol."""
   import jiwer
   if not os.path.exists(os.path.join(corpus_dir, 'metadata.json')):
     raise FileNotFoundError(f'{corpus_dir}: no finished corpus (metadata.json is missing)')
+  resynthesizer_path = os.path.join(corpus_dir, 'resynthesizer.npz')
   table = {}
   for split in SPLITS:
     lines = read_manifest(corpus_dir, split)
     row = {'utterances': len(lines)}
-    spoken = [line for line in lines if 'units' in line]
+    spoken = [line for line in lines if 'duration' in line]  # encoded from audio
     if spoken:
       seconds = sum(line['duration'] for line in spoken)
       row.update(hours=round(seconds / 3600, 3),
                  units_per_second=round(sum(len(line['units']) for line in spoken) / seconds, 2))
       if judged_utterances:
-        pairs = _parallel(_judge, [(os.path.join(corpus_dir, line['audio']), line['text'])
-                                   for line in spoken[:judged_utterances]],
-                          workers or os.cpu_count(), f'judging {split}')
-        row['judge_wer'] = round(jiwer.wer(*map(list, zip(*pairs))), 4)
-        row['judged'] = len(pairs)
+        jobs = [(os.path.join(corpus_dir, line['audio']), line['text'], line['units'],
+                 resynthesizer_path) for line in spoken[:judged_utterances]]
+        references, original, resynthesized = map(list, zip(*_parallel(
+            _judge, jobs, workers or os.cpu_count(), f'judging {split}')))
+        row.update(judge_wer=round(jiwer.wer(references, original), 4),
+                   judge_wer_resynthesized=round(jiwer.wer(references, resynthesized), 4),
+                   judged=len(jobs))
     table[split] = row
   return table
 
 
 def format_stats(table: dict) -> str:
-  columns = ('utterances', 'hours', 'units_per_second', 'judge_wer', 'judged')
+  columns = ('utterances', 'hours', 'units_per_second', 'judge_wer', 'judge_wer_resynthesized',
+             'judged')
   lines = ['| split | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
   for split, row in table.items():
     lines.append(f'| {split} | ' + ' | '.join(str(row.get(c, '')) for c in columns) + ' |')
@@ -295,17 +352,24 @@ def add_parser(subparsers) -> None:
   build_parser.add_argument('--seed', type=int, default=0)
   build_parser.add_argument('--workers', type=int, default=None,
                             help='processes (default: one per core)')
+  prepare_parser = actions.add_parser(
+      'prepare', help='turn DIR/utterances/<split>.jsonl (your own audio or units) into a corpus',
+      description=prepare.__doc__)
+  prepare_parser.add_argument('corpus_dir')
+  prepare_parser.add_argument('--seed', type=int, default=0, help='k-means seed')
+  prepare_parser.add_argument('--workers', type=int, default=None)
   stats_parser = actions.add_parser('stats', help='print hours, utterances, units/s and the '
-                                    'judge\'s WER on original audio per split')
+                                    'judge\'s WER on original and resynthesised audio per split')
   stats_parser.add_argument('corpus_dir')
-  stats_parser.add_argument('--judged_utterances', type=int, default=50,
+  stats_parser.add_argument('--judged_utterances', type=int, default=40,
                             help='utterances per split the ASR judge transcribes (0: none)')
   parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-  if args.action == 'build':
-    metadata = build(args.out, args.size, args.seed, args.workers)
+  if args.action in ('build', 'prepare'):
+    metadata = (build(args.out, args.size, args.seed, args.workers) if args.action == 'build'
+                else prepare(args.corpus_dir, args.seed, args.workers))
     print(json.dumps(metadata['splits']))
     return 0
   table = stats(args.corpus_dir, args.judged_utterances)
