@@ -26,11 +26,13 @@ writes utterances/<split>.jsonl; `prepare` runs the rest, on any audio listed th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import multiprocessing
 import os
+import sys
 import tempfile
 from typing import Iterable, Sequence
 
@@ -151,9 +153,27 @@ def _parallel(function, jobs: list, workers: int, description: str, initializer=
     if initializer:
       initializer(*initargs)
     return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
-  with multiprocessing.get_context('spawn').Pool(workers, initializer, initargs) as pool:
+  with _without_main_module():
+    pool = multiprocessing.get_context('spawn').Pool(workers, initializer, initargs)
+  with pool:
     return list(tqdm.tqdm(pool.imap(function, jobs, chunksize=8), total=len(jobs),
                           desc=description, unit='utt'))
+
+
+@contextlib.contextmanager
+def _without_main_module():
+  """Spawned processes import the parent's `__main__` first; the `zipper` command's imports
+  JAX and TensorFlow (seconds and a GiB per worker) that workers never use. Hidden while the
+  workers start, they import only the modules their jobs name."""
+  main = sys.modules['__main__']
+  saved = {name: main.__dict__.pop(name) for name in ('__spec__', '__file__')
+           if name in main.__dict__}
+  main.__spec__ = None
+  try:
+    yield
+  finally:
+    del main.__spec__
+    main.__dict__.update(saved)
 
 
 def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | None = None,
@@ -166,7 +186,7 @@ def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | Non
   if missing and sentences is None:
     raise RuntimeError(f'Debian packages {missing} are needed to build the corpus: '
                        f'apt-get install {" ".join(missing)} (`make system-packages`)')
-  sentences = list(corpus_text.sentences()) if sentences is None else list(sentences)
+  sentences = corpus_text.all_sentences() if sentences is None else list(sentences)
   utterances = plan(sentences, size, seed)
   to_speak = [(u, out, seed) for u in utterances
               if u.spoken and not os.path.exists(u.audio_path(out))]

@@ -7,6 +7,7 @@ spelled out): what a speaker says and what ASR WER is scored on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 import re
@@ -90,6 +91,12 @@ def sentences(sources: Iterable[TextSource] = SOURCES) -> Iterator[tuple[str, st
         if sentence and sentence not in seen:
           seen.add(sentence)
           yield source.name, sentence
+
+
+@functools.cache
+def all_sentences() -> tuple[tuple[str, str], ...]:
+  """`sentences()` of every source, read once a process (the Bible alone takes seconds)."""
+  return tuple(sentences())
 
 
 def missing_packages() -> list[str]:
