@@ -28,14 +28,14 @@ import seqio
 
 from tasks import preprocessors
 from zipper_jax import corpus_tfds
-from zipper_jax.vocabularies import UnitVocabulary
+from zipper_jax.vocabularies import SingleDecoderVocabulary, SpeechVocabulary
 
 CORPUS_DIR = os.environ.get('ZIPPER_CORPUS_DIR',
                             os.path.expanduser('~/.cache/zipper_jax/corpus'))
 FRACTIONS = {'': 1.0, '_10pct': 0.1, '_1pct': 0.01}
 
 TEXT_VOCABULARY = seqio.SentencePieceVocabulary(os.path.join(CORPUS_DIR, 'text_vocab.model'))
-SPEECH_VOCABULARY = UnitVocabulary()
+SPEECH_VOCABULARY = SpeechVocabulary(CORPUS_DIR)  # with the corpus's tokenizer, resynthesiser
 VOCABULARIES = {'text': TEXT_VOCABULARY, 'speech': SPEECH_VOCABULARY}
 
 
@@ -76,25 +76,10 @@ def _register(name, split, present, order, loss_on, fraction):
       single, source=source(split, fraction),
       preprocessors=common + [preprocessors.single_decoder_sequence(
           order, loss_on, TEXT_VOCABULARY)],
-      output_features={'single': seqio.Feature(_SingleVocabulary(), add_eos=False),
+      output_features={'single': seqio.Feature(
+          SingleDecoderVocabulary(TEXT_VOCABULARY, SPEECH_VOCABULARY), add_eos=False),
                        'single_weights': preprocessors.layout_features(['single'])[
                            'single_weights']})
-
-
-class _SingleVocabulary(seqio.PassThroughVocabulary):
-  """The Single Decoder's ids: text ids, then speech ids shifted past them. Its size is read
-  off the text vocabulary when first needed, so importing this module reads no file."""
-
-  def __init__(self):
-    super().__init__(size=0)
-
-  @property
-  def _base_vocab_size(self):
-    return TEXT_VOCABULARY.vocab_size + SPEECH_VOCABULARY.vocab_size
-
-  @property
-  def size(self):
-    return self._base_vocab_size
 
 
 @gin.configurable

@@ -73,6 +73,11 @@ def load_params(model_dir: str, abstract_params=None, sharding=None):
   Without `abstract_params` they come back with `sharding` (default: replicated on every
   device), whatever topology saved them (e.g. a pre-trained tower to zip).
   """
+  return load_step_and_params(model_dir, abstract_params, sharding)[1]
+
+
+def load_step_and_params(model_dir: str, abstract_params=None, sharding=None):
+  """(step, parameters) of the newest readable checkpoint, as `load_params` reads them."""
   directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'no checkpoints under {model_dir!r} (looked for {directory})')
@@ -94,7 +99,7 @@ def load_params(model_dir: str, abstract_params=None, sharding=None):
   found = _newest_readable(manager, directory, args)
   if found is None:
     raise FileNotFoundError(f'no readable checkpoint under {directory}')
-  return found[1].params
+  return found[0], found[1].params
 
 
 def _newest_readable(manager, directory: str, args):

@@ -102,7 +102,7 @@ class SingleDecoderModel(TowerModel):
 
   def __init__(self, text: TowerConfig, speech_vocab_size: int, name: str = 'single'):
     super().__init__(baseline.single_decoder_config(text, speech_vocab_size), name)
-    self.speech_vocab_size = speech_vocab_size
+    self.text_config, self.speech_vocab_size = text, speech_vocab_size
 
   def params_from_towers(self, rng, batch, tower_params):
     if set(tower_params) != {'text'}:

@@ -172,7 +172,7 @@ def train(model: Model = gin.REQUIRED, *,
           writer.write_scalars(step, evaluate(
               model, state.all_params, eval_task or mixture_or_task_name, task_feature_lengths,
               batch_size, split=eval_split, max_batches=eval_batches, seed=seed,
-              partitioner=partitioner) | _run_hooks(eval_hooks, step, model,
+              partitioner=partitioner) | run_hooks(eval_hooks, step, model,
                                                             state.all_params))
         if step % checkpoint_every == 0 or step == train_steps:
           last_good = save()
@@ -211,7 +211,7 @@ def _check_finite(pending, checkpointer, last_good) -> dict:
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
-def _run_hooks(hooks, step, model, params) -> dict:
+def run_hooks(hooks, step, model, params) -> dict:
   results = {}
   for hook in hooks:
     results |= hook(step, model, params)

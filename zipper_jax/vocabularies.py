@@ -147,29 +147,91 @@ def train_text_vocabulary(sentences: Iterable[str], model_prefix: str,
   return seqio.SentencePieceVocabulary(f'{model_prefix}.model')
 
 
+class SpeechVocabulary(UnitVocabulary):
+  """Speech units together with the speech tokenizer (audio -> units) and the resynthesiser
+  (units -> audio) they were made with, read from `assets_dir` (a corpus folder, or a run's copy):
+  a run that keeps them beside its checkpoints reads and speaks audio on its own."""
+  TOKENIZER = 'speech_tokenizer'
+  RESYNTHESIZER = 'resynthesizer.npz'
+
+  def __init__(self, assets_dir: str, num_units: int = NUM_UNITS):
+    self.assets_dir = assets_dir
+    super().__init__(num_units)
+
+  @property
+  def has_assets(self) -> bool:
+    return all(os.path.exists(os.path.join(self.assets_dir, name))
+               for name in (self.TOKENIZER, self.RESYNTHESIZER))
+
+  def tokenizer(self):
+    from zipper_jax import speech_tokenizer
+    return speech_tokenizer.SpeechTokenizer.load(self._asset(self.TOKENIZER))
+
+  def resynthesizer(self):
+    from zipper_jax import resynthesis
+    return resynthesis.Resynthesizer.load(self._asset(self.RESYNTHESIZER))
+
+  def _asset(self, name: str) -> str:
+    path = os.path.join(self.assets_dir, name)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path} is missing: the speech vocabulary has no {name} (a run '
+                              'keeps them when its corpus has them; a generated corpus has none)')
+    return path
+
+
+class SingleDecoderVocabulary(seqio.PassThroughVocabulary):
+  """The Single Decoder's ids: `text` ids, then `speech` ids shifted past them. Its size is read
+  off the text vocabulary when first needed, so making one reads no file."""
+
+  def __init__(self, text: seqio.Vocabulary, speech: seqio.Vocabulary):
+    self.text, self.speech = text, speech
+    super().__init__(size=0)
+
+  @property
+  def _base_vocab_size(self):
+    return self.text.vocab_size + self.speech.vocab_size
+
+  @property
+  def size(self):
+    return self._base_vocab_size
+
+
 def save_vocabularies(directory: str, vocabularies: Mapping[str, seqio.Vocabulary]) -> None:
   """Writes a run's vocabularies under `directory/vocabularies`, so its checkpoints can be read
-  back into text and units without the corpus they were trained on."""
+  back into text, units and audio without the corpus they were trained on."""
   out = os.path.join(directory, 'vocabularies')
   os.makedirs(out, exist_ok=True)
-  index = {}
-  for name, vocabulary in vocabularies.items():
-    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-      shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(out, f'{name}.model'))
-      index[name] = {'kind': 'sentencepiece', 'file': f'{name}.model'}
-    elif isinstance(vocabulary, TokenizerVocabulary):
-      shutil.copyfile(vocabulary.tokenizer_file, os.path.join(out, f'{name}.tokenizer.json'))
-      index[name] = {'kind': 'tokenizer', 'file': f'{name}.tokenizer.json',
-                     'eos_id': vocabulary.eos_id, 'bos_id': vocabulary.bos_id}
-    elif isinstance(vocabulary, UnitVocabulary):
-      index[name] = {'kind': 'units', 'num_units': vocabulary.num_units}
-    elif isinstance(vocabulary, seqio.PassThroughVocabulary):
-      index[name] = {'kind': 'pass_through', 'size': vocabulary.vocab_size,
-                     'eos_id': vocabulary.eos_id}
-    else:
-      raise TypeError(f'cannot save vocabulary {name!r} of type {type(vocabulary).__name__}')
+  index = {name: _save_vocabulary(out, name, vocabulary)
+           for name, vocabulary in vocabularies.items()}
   with open(os.path.join(out, 'index.json'), 'w') as f:
     json.dump(index, f, indent=2)
+
+
+def _save_vocabulary(out: str, name: str, vocabulary: seqio.Vocabulary) -> dict:
+  """Copies what `vocabulary` reads into `out` as `name...`; returns its index entry."""
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(out, f'{name}.model'))
+    return {'kind': 'sentencepiece', 'file': f'{name}.model'}
+  if isinstance(vocabulary, TokenizerVocabulary):
+    shutil.copyfile(vocabulary.tokenizer_file, os.path.join(out, f'{name}.tokenizer.json'))
+    return {'kind': 'tokenizer', 'file': f'{name}.tokenizer.json',
+            'eos_id': vocabulary.eos_id, 'bos_id': vocabulary.bos_id}
+  if isinstance(vocabulary, SpeechVocabulary) and vocabulary.has_assets:
+    assets = os.path.join(out, name)
+    os.makedirs(assets, exist_ok=True)
+    shutil.copytree(os.path.join(vocabulary.assets_dir, SpeechVocabulary.TOKENIZER),
+                    os.path.join(assets, SpeechVocabulary.TOKENIZER), dirs_exist_ok=True)
+    shutil.copyfile(os.path.join(vocabulary.assets_dir, SpeechVocabulary.RESYNTHESIZER),
+                    os.path.join(assets, SpeechVocabulary.RESYNTHESIZER))
+    return {'kind': 'speech', 'num_units': vocabulary.num_units, 'assets': name}
+  if isinstance(vocabulary, UnitVocabulary):
+    return {'kind': 'units', 'num_units': vocabulary.num_units}
+  if isinstance(vocabulary, SingleDecoderVocabulary):
+    return {'kind': 'single', 'text': _save_vocabulary(out, f'{name}.text', vocabulary.text),
+            'speech': _save_vocabulary(out, f'{name}.speech', vocabulary.speech)}
+  if isinstance(vocabulary, seqio.PassThroughVocabulary):
+    return {'kind': 'pass_through', 'size': vocabulary.vocab_size, 'eos_id': vocabulary.eos_id}
+  raise TypeError(f'cannot save vocabulary {name!r} of type {type(vocabulary).__name__}')
 
 
 def load_vocabularies(directory: str) -> dict[str, seqio.Vocabulary]:
@@ -177,11 +239,21 @@ def load_vocabularies(directory: str) -> dict[str, seqio.Vocabulary]:
   root = os.path.join(directory, 'vocabularies')
   with open(os.path.join(root, 'index.json')) as f:
     index = json.load(f)
-  loaders = {
-      'sentencepiece': lambda e: seqio.SentencePieceVocabulary(os.path.join(root, e['file'])),
-      'tokenizer': lambda e: TokenizerVocabulary(os.path.join(root, e['file']), e['eos_id'],
-                                                 e['bos_id']),
-      'units': lambda e: UnitVocabulary(e['num_units']),
-      'pass_through': lambda e: seqio.PassThroughVocabulary(e['size'], e['eos_id']),
-  }
-  return {name: loaders[entry['kind']](entry) for name, entry in index.items()}
+  return {name: _load_vocabulary(root, entry) for name, entry in index.items()}
+
+
+def _load_vocabulary(root: str, entry: dict) -> seqio.Vocabulary:
+  kind = entry['kind']
+  if kind == 'sentencepiece':
+    return seqio.SentencePieceVocabulary(os.path.join(root, entry['file']))
+  if kind == 'tokenizer':
+    return TokenizerVocabulary(os.path.join(root, entry['file']), entry['eos_id'],
+                               entry['bos_id'])
+  if kind == 'speech':
+    return SpeechVocabulary(os.path.join(root, entry['assets']), entry['num_units'])
+  if kind == 'units':
+    return UnitVocabulary(entry['num_units'])
+  if kind == 'single':
+    return SingleDecoderVocabulary(_load_vocabulary(root, entry['text']),
+                                   _load_vocabulary(root, entry['speech']))
+  return seqio.PassThroughVocabulary(entry['size'], entry['eos_id'])
