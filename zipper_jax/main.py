@@ -15,19 +15,20 @@ import json
 import logging
 import os
 import sys
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gin
 import jax
 
-from zipper_jax import batch, checkpoints, corpus, import_export, models, partitioning
+from zipper_jax import batch, checkpoints, corpus, import_export, inference, models, partitioning
+from zipper_jax import report
 from zipper_jax import train as train_lib
 from zipper_jax import configurables  # noqa: F401 -- registers what gin can configure
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Commands with plain flags: each module has `add_parser(subparsers)`, which sets `run(args)`.
-PLAIN_COMMANDS = (corpus, import_export)
+PLAIN_COMMANDS = (corpus, import_export, inference, report)
 
 
 @gin.configurable
@@ -35,10 +36,12 @@ def evaluate_checkpoint(model: models.Model = gin.REQUIRED, *, model_dir: str = 
                         tasks: Sequence[str] = gin.REQUIRED,
                         task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
                         batch_size: int = gin.REQUIRED, split: str = 'validation',
-                        max_batches: int | None = None) -> dict:
-  """Validation loss and per-tower accuracy of the newest checkpoint in `model_dir`, per task;
-  written to `model_dir/eval/<task>.json`."""
-  params = checkpoints.load_params(model_dir)
+                        max_batches: int | None = None,
+                        hooks: Sequence[Callable] = ()) -> dict:
+  """Validation loss and per-tower accuracy of the newest checkpoint in `model_dir`, per task,
+  written to `model_dir/eval/<task>.json`; then what each of `hooks` measures (the trainer's
+  eval hooks: hook(step, model, params) -> {name: value}), under 'hooks'."""
+  step, params = checkpoints.load_step_and_params(model_dir)
   results = {}
   for task in tasks:
     results[task] = train_lib.evaluate(model, params, task, task_feature_lengths, batch_size,
@@ -46,6 +49,8 @@ def evaluate_checkpoint(model: models.Model = gin.REQUIRED, *, model_dir: str = 
     os.makedirs(os.path.join(model_dir, 'eval'), exist_ok=True)
     with open(os.path.join(model_dir, 'eval', f'{task}.json'), 'w') as f:
       json.dump(results[task], f, indent=2)
+  if hooks:
+    results['hooks'] = train_lib.run_hooks(hooks, step, model, params)
   return results
 
 

@@ -1,0 +1,116 @@
+"""Real audio in and out (`zipper transcribe`, `zipper speak`), bad audio, and the TTS protocol,
+on a micro corpus with real speech, tokenizer and resynthesiser (built once, ~15 s)."""
+import os
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+import pytest
+import seqio
+import soundfile
+
+from zipper_jax import audio, batch, checkpoints, corpus, inference, main, metrics
+from zipper_jax import tts_protocol, vocabularies
+
+MICRO = {'text_only': 60, 'speech_only': 30, 'aligned': 12, 'validation': 4, 'test_clean': 4,
+         'test_other': 4}
+LENGTHS = {'zipper': {'speech': 96, 'text': 24}, 'single_decoder': {'single': 120}}
+
+
+@pytest.fixture(scope='module')
+def real_corpus(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp('micro_corpus'))
+  corpus.build(directory, MICRO, seed=0, workers=2)
+  return directory
+
+
+def write_run(model_dir, corpus_dir, model_file):
+  """A run as the trainer leaves one (config.gin, a checkpoint, vocabularies), with freshly
+  initialised parameters: what inference reads, without the cost of training."""
+  text = seqio.SentencePieceVocabulary(os.path.join(corpus_dir, 'text_vocab.model'))
+  speech = vocabularies.SpeechVocabulary(corpus_dir)
+  lengths = LENGTHS[model_file]
+  gin.clear_config(clear_constants=True)
+  main.parse_gin(['gin/models/tiny.gin', f'gin/models/{model_file}.gin'],
+                 [f'TEXT_VOCAB_SIZE = {text.vocab_size}', f'TASK_FEATURE_LENGTHS = {lengths}'],
+                 finalize=False)
+  os.makedirs(model_dir)
+  with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
+    f.write(gin.config_str())
+  model, _ = inference.run_model(model_dir)
+  params = nn.unbox(model.init(jax.random.key(0), batch.dummy_batch(model.towers, lengths, 1)))
+  checkpoints.save_params(model_dir, params, {'step': 0})
+  vocabularies.save_vocabularies(model_dir, {'text': text, 'speech': speech}
+                                 if model_file == 'zipper' else
+                                 {'single': vocabularies.SingleDecoderVocabulary(text, speech)})
+  return model_dir
+
+
+@pytest.fixture(scope='module', params=['zipper', 'single_decoder'])
+def run_dir(request, real_corpus, tmp_path_factory):
+  return write_run(str(tmp_path_factory.mktemp(request.param) / 'run'), real_corpus,
+                   request.param)
+
+
+def utterance(corpus_dir, index=0):
+  line = corpus.read_manifest(corpus_dir, 'test_clean')[index]
+  return line, os.path.join(corpus_dir, line['audio'])
+
+
+def test_a_run_carries_its_speech_tokenizer_and_resynthesiser(run_dir, real_corpus):
+  vocabs = vocabularies.load_vocabularies(run_dir)
+  speech = vocabs['speech'] if 'speech' in vocabs else vocabs['single'].speech
+  assert speech.assets_dir.startswith(run_dir)  # a copy: the run works without the corpus
+  line, path = utterance(real_corpus)
+  np.testing.assert_array_equal(speech.tokenizer().encode_file(path), line['units'])
+
+
+def test_speak_then_transcribe_end_to_end(run_dir, real_corpus, tmp_path, capsys):
+  out = str(tmp_path / 'out.wav')
+  assert main.main(['speak', '--model_dir', run_dir, 'the old man sees a dog', '-o', out]) == 0
+  wav = audio.read_audio(out)
+  assert wav.size > audio.SAMPLE_RATE // 10 and np.abs(wav).max() > 0.01
+  capsys.readouterr()
+  _, flac = utterance(real_corpus)
+  assert main.main(['transcribe', '--model_dir', run_dir, out, flac]) == 0
+  assert len(capsys.readouterr().out.splitlines()) == 2  # one transcript a file
+
+
+def test_audio_at_another_rate_is_resampled(run_dir, real_corpus, tmp_path):
+  line, path = utterance(real_corpus)
+  wav = audio.read_audio(path)
+  stereo_8k = str(tmp_path / 'stereo_8k.wav')
+  soundfile.write(stereo_8k, np.stack([wav, wav], 1)[::2], 8000)
+  system = inference.SpeechText.from_run(run_dir, batch_size=1)
+  units = system.speech.tokenizer().encode(audio.read_audio(stereo_8k))
+  assert abs(len(units) - len(line['units'])) <= 1  # the same duration, in 25 Hz units
+  assert isinstance(system.transcribe([audio.read_audio(stereo_8k)])[0], str)
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda path: None, 'no such audio file'),
+    (lambda path: open(path, 'w').write('not audio at all'), 'not a readable audio file'),
+    (lambda path: soundfile.write(path, np.zeros(0, np.float32), 16000),
+     'holds no audio samples'),
+    (lambda path: soundfile.write(path, np.zeros(40, np.float32), 16000), 'too short'),
+])
+def test_bad_audio_fails_with_a_clear_message(run_dir, tmp_path, capsys, make, message):
+  path = str(tmp_path / 'bad.wav')
+  make(path)
+  assert main.main(['transcribe', '--model_dir', run_dir, path]) == 2
+  error = capsys.readouterr().err
+  assert path in error and message in error and 'Traceback' not in error
+
+
+def test_tts_protocol_on_ground_truth_units_gives_the_ceiling(real_corpus):
+  lines = corpus.read_manifest(real_corpus, 'test_clean')[:2]
+  texts, units = [l['text'] for l in lines], [l['units'] for l in lines]
+  resynthesizer = os.path.join(real_corpus, 'resynthesizer.npz')
+  figures = tts_protocol.reference_figures(
+      texts, units, resynthesizer, [os.path.join(real_corpus, l['audio']) for l in lines],
+      workers=1)
+  # A "model" that outputs the ground-truth units scores exactly the ceiling.
+  as_model = metrics.error_rates(texts, tts_protocol.judge_units(resynthesizer, units, 1))
+  assert as_model['wer'] == figures['ceiling_wer']
+  assert 0 <= figures['floor_wer'] < 1 and 0 <= figures['ceiling_wer'] <= 1.5

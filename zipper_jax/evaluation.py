@@ -1,0 +1,196 @@
+"""What a trained speech-text run is scored on, per test split (`test_clean`, `test_other`):
+
+- ASR: WER and CER (`metrics`: normalised transcripts, jiwer), greedy and beam search;
+- TTS by the paper's protocol (`tts_protocol`): generated units -> resynthesised audio -> the
+  external judge -> WER against the input text, beside the judge's floor (original audio) and
+  ceiling (resynthesised ground-truth units);
+- unimodal preservation: perplexity of held-out text (`text_lm`, validation) under the
+  pre-trained text tower, under the run's own text tower alone, and inside the trained model with
+  text-only input (a Zipper's gated cross-attention MLPs and input projection act on text even
+  when no speech is there to attend to; the Single Decoder's text tower is the model).
+
+`SpeechTextEval` is a hook, hook(step, model, params) -> {name: value}: `zipper eval` calls it on
+a checkpoint (gin/runs/eval_speech_text.gin) and the trainer every `train.eval_every` steps
+(`train.eval_hooks`). Each call writes MODEL_DIR/eval/<split>.json and text_perplexity.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Sequence
+
+import gin
+
+from zipper_jax import atomic_files, checkpoints, corpus, metrics, models, tts_protocol
+from zipper_jax import train as train_lib
+from zipper_jax import vocabularies
+from zipper_jax.inference import SpeechText
+
+SPLITS = ('test_clean', 'test_other')
+
+
+@gin.configurable
+class SpeechTextEval:
+  """`model_dir`: the run (its vocabularies; results go to its eval/). `text_tower_dir`: the text
+  tower's pre-training run, for the perplexity of the tower alone (None: not measured).
+  `asr_utterances`, `tts_utterances`: the first so many of each split (None: all; 0 tts: no TTS;
+  `beam_size` 1: greedy only); the judge takes
+  about half a second per second of clean speech, and some four times that on resynthesised
+  speech. `corpus_dir`: the test manifests (default $ZIPPER_CORPUS_DIR). `reference_dir`: where
+  the protocol's floor and ceiling are kept (default MODEL_DIR/eval)."""
+
+  def __init__(self, *, model_dir: str = gin.REQUIRED,
+               task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+               text_tower_dir: str | None = None, splits: Sequence[str] = SPLITS,
+               beam_size: int = 4, asr_utterances: int | None = None,
+               tts_utterances: int | None = 32, batch_size: int = 16,
+               perplexity_batches: int | None = None, judge_workers: int = 2,
+               corpus_dir: str | None = None, reference_dir: str | None = None):
+    self.model_dir, self.lengths = model_dir, dict(task_feature_lengths)
+    self.text_tower_dir, self.splits, self.beam_size = text_tower_dir, tuple(splits), beam_size
+    self.asr_utterances, self.tts_utterances = asr_utterances, tts_utterances
+    self.batch_size, self.perplexity_batches = batch_size, perplexity_batches
+    self.judge_workers = judge_workers
+    self.corpus_dir, self.reference_dir = corpus_dir, reference_dir
+
+  def __call__(self, step: int, model: models.Model, params) -> dict[str, float]:
+    import tasks.speech_text  # noqa: F401 -- registers text_lm; the corpus's default folder
+    corpus_dir = self.corpus_dir or tasks.speech_text.CORPUS_DIR
+    vocabs = vocabularies.load_vocabularies(self.model_dir)
+    single = isinstance(model, models.SingleDecoderModel)
+    text, speech = ((vocabs[model.name].text, vocabs[model.name].speech) if single else
+                    (vocabs['text'], vocabs['speech']))
+    system = SpeechText(model, params, text, speech, self.lengths, self.batch_size)
+    flat = {}
+    for split in self.splits:
+      lines = corpus.read_manifest(corpus_dir, split)
+      result = {'step': int(step), **self._asr(system, lines[:self.asr_utterances])}
+      if (self.tts_utterances != 0 and isinstance(speech, vocabularies.SpeechVocabulary)
+          and speech.has_assets):
+        result['tts'] = self._tts(system, speech, split, lines[:self.tts_utterances],
+                                  corpus_dir)
+      self._write(f'{split}.json', result)
+      flat |= {f'{split}/{key}': value for key, value in flatten(result).items()}
+    perplexity = {'step': int(step), **self._perplexity(model, params, single)}
+    self._write('text_perplexity.json', perplexity)
+    flat |= {f'text/{k}': v for k, v in perplexity.items() if k != 'step'}
+    print(f'\n{self.model_dir} at step {step}:\n' + format_table({model.__class__.__name__: flat},
+                                                                 self.splits), flush=True)
+    return flat
+
+  def _asr(self, system: SpeechText, lines: list[dict]) -> dict:
+    references = [line['text'] for line in lines]
+    units = [line['units'] for line in lines]
+    result = {'utterances': len(lines), 'beam_size': self.beam_size}
+    for name, beam_size in (('greedy', 1), ('beam', self.beam_size))[:1 + (self.beam_size > 1)]:
+      hypotheses = system.transcribe_units(units, beam_size)
+      result[f'asr_{name}'] = metrics.error_rates(references, hypotheses)
+      if beam_size == 1:
+        result['asr_samples'] = [{'reference': r, 'hypothesis': h}
+                                 for r, h in zip(references[:5], hypotheses[:5])]
+    return result
+
+  def _tts(self, system: SpeechText, speech: vocabularies.SpeechVocabulary, split: str,
+           lines: list[dict], corpus_dir: str) -> dict:
+    """The model's judged WER, and the protocol's floor and ceiling on the same utterances."""
+    texts = [line['text'] for line in lines]
+    resynthesizer = os.path.join(speech.assets_dir, speech.RESYNTHESIZER)
+    heard = tts_protocol.judge_units(resynthesizer, system.speak_units(texts),
+                                     self.judge_workers, 'judging generated speech')
+    return {'utterances': len(lines), **metrics.error_rates(texts, heard),
+            **self._reference_figures(split, lines, resynthesizer, corpus_dir),
+            'samples': [{'text': t, 'heard': h} for t, h in zip(texts[:3], heard[:3])]}
+
+  def _reference_figures(self, split: str, lines: list[dict], resynthesizer: str,
+                         corpus_dir: str) -> dict:
+    """The protocol's floor and ceiling, which depend on the corpus alone: computed once and
+    kept in `reference_dir` (runs on one corpus may share it)."""
+    path = os.path.join(self.reference_dir or os.path.join(self.model_dir, 'eval'),
+                        f'tts_reference_{split}_{len(lines)}.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    audio = ([os.path.join(corpus_dir, line['audio']) for line in lines]
+             if all('audio' in line for line in lines) else None)
+    figures = tts_protocol.reference_figures([line['text'] for line in lines],
+                                             [line['units'] for line in lines], resynthesizer,
+                                             audio, self.judge_workers)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
+      json.dump(figures, f, indent=2)
+    return figures
+
+  def _perplexity(self, model: models.Model, params, single: bool) -> dict:
+    """Held-out text's perplexity, on the same tokens: inside `model` (text-only input), under
+    the run's own text tower alone (a Zipper's; bit-identical to the pre-trained one when it
+    was frozen), and under the pre-trained text tower (`text_tower_dir`)."""
+    lengths = self.lengths if not single else {model.name: self.lengths[model.name]}
+    text_length = max(lengths.values())
+    text_lm = lambda m, p, task, lengths: metrics.perplexity(train_lib.evaluate(
+        m, p, task, lengths, self.batch_size, max_batches=self.perplexity_batches)['eval/loss'])
+    config = model.text_config if single else model.tower_configs['text']
+    tower = models.TowerModel(config, 'text')
+    result = {'inside_model': text_lm(model, params, 'single_text_lm' if single else 'text_lm',
+                                      lengths)}
+    if not single:
+      result['run_text_tower'] = text_lm(tower, params['text'], 'text_lm', {'text': text_length})
+    if self.text_tower_dir:
+      result['tower_alone'] = text_lm(tower, checkpoints.load_params(self.text_tower_dir),
+                                      'text_lm', {'text': text_length})
+    return result
+
+  def _write(self, name: str, result: dict) -> None:
+    path = os.path.join(self.model_dir, 'eval', name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
+      json.dump(result, f, indent=2)
+
+
+def flatten(result: Mapping, prefix: str = '') -> dict[str, float]:
+  """Numbers of a nested result as {'a/b': value} (TensorBoard scalars, table cells)."""
+  flat = {}
+  for key, value in result.items():
+    if isinstance(value, Mapping):
+      flat |= flatten(value, f'{prefix}{key}/')
+    elif isinstance(value, (int, float)) and key not in ('step', 'utterances', 'beam_size'):
+      flat[f'{prefix}{key}'] = float(value)
+  return flat
+
+
+def load_results(model_dir: str, splits: Sequence[str] = SPLITS) -> dict[str, float]:
+  """The flat figures a run's last evaluation wrote (those it has)."""
+  flat = {}
+  for name in (*splits, 'text_perplexity'):
+    path = os.path.join(model_dir, 'eval', f'{name}.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        flat |= {f'{name}/{k}' if name in splits else f'text/{k}': v
+                 for k, v in flatten(json.load(f)).items()}
+  return flat
+
+
+# Rows of the results table: (label, flat key after the split).
+ROWS = (('ASR WER, greedy', 'asr_greedy/wer'), ('ASR CER, greedy', 'asr_greedy/cer'),
+        ('ASR WER, beam search', 'asr_beam/wer'), ('ASR CER, beam search', 'asr_beam/cer'),
+        ('TTS WER (judge)', 'tts/wer'), ('TTS floor: judge on original audio', 'tts/floor_wer'),
+        ('TTS ceiling: judge on resynthesised truth', 'tts/ceiling_wer'))
+
+
+def format_table(runs: Mapping[str, Mapping[str, float]], splits: Sequence[str] = SPLITS) -> str:
+  """A Markdown table: one column per run, rows per split and metric, then text perplexity."""
+  names = list(runs)
+  lines = ['| | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
+  cell = lambda run, key, pct: ('' if key not in runs[run] else
+                                f'{runs[run][key]:.1%}' if pct else f'{runs[run][key]:.2f}')
+  for split in splits:
+    for label, key in ROWS:
+      key = f'{split}/{key}'
+      if any(key in runs[n] for n in names):
+        lines.append(f'| {split}: {label} | ' + ' | '.join(cell(n, key, True) for n in names)
+                     + ' |')
+  for label, key in (('text perplexity: pre-trained text tower', 'text/tower_alone'),
+                     ("text perplexity: the run's text tower alone", 'text/run_text_tower'),
+                     ('text perplexity: the model, text-only input', 'text/inside_model')):
+    if any(key in runs[n] for n in names):
+      lines.append(f'| {label} | ' + ' | '.join(cell(n, key, False) for n in names) + ' |')
+  return '\n'.join(lines)

@@ -1,0 +1,233 @@
+"""A trained speech-text run as a recogniser and a synthesiser: audio in, text out, and back.
+
+  zipper transcribe --model_dir D in.wav [more.flac ...]     # one transcript a line
+  zipper speak --model_dir D "some text" -o out.wav
+
+A run directory carries all it needs: `config.gin` (the model), its checkpoints, and
+`vocabularies/` (the text vocabulary, and the speech tokenizer and resynthesiser the trainer
+copies there from the corpus). Audio is read at any rate and channel count (resampled to 16 kHz
+mono); a file that is missing, unreadable or holds no samples is an error that names it.
+
+`SpeechText` does the decoding for both model kinds: a Zipper reads the prompt in one tower and
+writes the other; the Single Decoder reads and writes one sequence, speech ids moved past the text
+vocabulary. Prompts are padded to fixed shapes so each kind of call compiles once.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zipper_jax import audio, checkpoints, decoding, models, vocabularies
+from zipper_jax import configurables  # noqa: F401 -- registers what a run's config.gin names
+from zipper_jax.inputs import TowerInput
+
+PROMPT_BUCKET = 32  # Single Decoder prompts are padded to a multiple of this: few compilations
+MIN_SECONDS = 0.1  # shorter audio holds no word: an error, not an empty transcript
+
+
+def run_model(model_dir: str) -> tuple[models.Model, dict[str, int]]:
+  """(the model, TASK_FEATURE_LENGTHS) of the run in `model_dir`, from its config.gin.
+  Replaces this process's gin config, and leaves it empty."""
+  path = os.path.join(model_dir, 'config.gin')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{model_dir} is not a training run: it has no config.gin')
+  gin.clear_config(clear_constants=True)
+  try:
+    gin.parse_config_file(path, skip_unknown=True)
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+    return model, dict(gin.query_parameter('%TASK_FEATURE_LENGTHS'))
+  finally:
+    gin.clear_config(clear_constants=True)
+
+
+def _left_padded(rows: Sequence[Sequence[int]], length: int) -> TowerInput:
+  """Rows right-aligned in `length` columns (what cached decoding of a prompt needs)."""
+  tokens = np.zeros((len(rows), length), np.int32)
+  segments = np.zeros_like(tokens)
+  for i, row in enumerate(rows):
+    if row:
+      tokens[i, -len(row):], segments[i, -len(row):] = row, 1
+  positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0)
+  return TowerInput(*map(jnp.asarray, (tokens, positions, segments, positions)))
+
+
+def _start_token(offsets: Sequence[int]) -> TowerInput:
+  """The decoded tower's one-token prompt (the start id 0) after `offsets` prompt tokens."""
+  start = jnp.asarray(offsets, jnp.int32)[:, None]
+  return TowerInput(jnp.zeros_like(start), jnp.zeros_like(start), jnp.ones_like(start), start)
+
+
+class SpeechText:
+  """ASR and TTS with a trained Zipper or Single Decoder, `batch_size` utterances a call.
+
+  `lengths` are the run's TASK_FEATURE_LENGTHS: per tower for a Zipper (a prompt is cut to its
+  tower's length, and at most the other tower's length is generated), one total for the Single
+  Decoder (prompt and generated tokens share it).
+  """
+
+  def __init__(self, model: models.Model, params, text: vocabularies.seqio.Vocabulary,
+               speech: vocabularies.UnitVocabulary, lengths: dict[str, int],
+               batch_size: int = 16):
+    self.model, self.params, self.text, self.speech = model, params, text, speech
+    self.lengths, self.batch_size = lengths, batch_size
+    self.single = isinstance(model, models.SingleDecoderModel)
+    self.offset = text.vocab_size if self.single else 0  # where speech ids start
+    # One Decoder object per output: `generate` compiles once per (decoder, shapes).
+    self.decoders = ({'text': model.decoder(), 'speech': model.decoder()} if self.single else
+                     {name: model.decoder(name) for name in ('text', 'speech')})
+
+  @classmethod
+  def from_run(cls, model_dir: str, batch_size: int = 16) -> SpeechText:
+    model, lengths = run_model(model_dir)
+    vocabs = vocabularies.load_vocabularies(model_dir)
+    if isinstance(model, models.SingleDecoderModel):
+      text, speech = vocabs[model.name].text, vocabs[model.name].speech
+    else:
+      text, speech = vocabs['text'], vocabs['speech']
+    return cls(model, checkpoints.load_params(model_dir), text, speech, lengths, batch_size)
+
+  # ASR and TTS on ids: lists in, lists out, batched here.
+  def transcribe_units(self, unit_lists: Sequence[Sequence[int]], beam_size: int = 1) -> list[str]:
+    speech = [self.speech.encode([int(u) for u in units]) for units in unit_lists]
+    generated = self._batched(self._asr, speech, beam_size)
+    return [self.text.decode([i for i in ids if 0 < i < self.text.vocab_size])
+            for ids in generated]
+
+  def speak_units(self, texts: Sequence[str]) -> list[np.ndarray]:
+    """Speech units (int32 in [0, num_units)) for each text; empty if none were generated."""
+    generated = self._batched(self._tts, [self.text.encode(t) for t in texts], 1)
+    return [np.asarray(self.speech.decode([i - self.offset for i in ids]), np.int32)
+            for ids in generated]
+
+  # Audio in and out, through the run's speech tokenizer and resynthesiser.
+  def transcribe(self, wavs: Sequence[np.ndarray], beam_size: int = 1,
+                 names: Sequence[str] | None = None) -> list[str]:
+    """Transcripts of 16 kHz mono speech; `names` (e.g. file paths) go into error messages."""
+    for i, wav in enumerate(wavs):
+      if len(wav) < MIN_SECONDS * audio.SAMPLE_RATE:
+        name = names[i] if names else f'audio {i + 1}'
+        raise audio.AudioError(f'{name}: {len(wav) / audio.SAMPLE_RATE:.3f} s is too short to '
+                               f'hold speech (under {MIN_SECONDS} s)')
+    tokenizer = self.speech.tokenizer()
+    return self.transcribe_units([tokenizer.encode(wav) for wav in wavs], beam_size)
+
+  def speak(self, texts: Sequence[str]) -> list[np.ndarray]:
+    resynthesizer = self.speech.resynthesizer()
+    wavs = []
+    for text, units in zip(texts, self.speak_units(texts)):
+      if not units.size:
+        raise ValueError(f'the model generated no speech for {text!r}')
+      wavs.append(resynthesizer.audio(units))
+    return wavs
+
+  def _batched(self, fn, prompts: list[list[int]], beam_size: int) -> list[list[int]]:
+    """`fn` over full batches (the last one filled with copies of its first row); generated ids
+    of each prompt, without the end token."""
+    out = []
+    for start in range(0, len(prompts), self.batch_size):
+      chunk = prompts[start:start + self.batch_size]
+      filled = chunk + [chunk[0]] * (self.batch_size - len(chunk))
+      tokens, lengths, eos = fn(filled, beam_size)
+      for row, length in list(zip(jax.device_get(tokens), jax.device_get(lengths)))[:len(chunk)]:
+        ids = row[:length].tolist()
+        out.append(ids[:-1] if ids and ids[-1] == eos else ids)
+    return out
+
+  def _generate(self, output: str, prompt: dict, max_new: int, eos: int, beam_size: int):
+    if beam_size > 1:
+      beams = decoding.beam_search(self.decoders[output], self.params, prompt,
+                                   beam_size=beam_size, max_new_tokens=max_new, eos_id=eos)
+      return beams.tokens[:, 0], beams.lengths[:, 0], eos
+    out = decoding.generate(self.decoders[output], self.params, prompt, max_new_tokens=max_new,
+                            eos_id=eos)
+    return out.tokens, out.lengths, eos
+
+  def _asr(self, speech_ids: list[list[int]], beam_size: int):
+    eos = self.text.eos_id
+    if self.single:  # [0, speech..., end of audio], then text
+      return self._single(
+          [[0] + [i + self.offset for i in ids] + [self.speech.eos_id + self.offset]
+           for ids in speech_ids], 'text', eos, beam_size)
+    # As in training: speech inputs are [0, units...]; text starts right after them.
+    rows = [[0] + ids[:self.lengths['speech'] - 1] for ids in speech_ids]
+    prompt = {'speech': TowerInput.from_tokens(_right_padded(rows, self.lengths['speech']),
+                                               lengths=[len(r) for r in rows]),
+              'text': _start_token([len(r) for r in rows])}
+    return self._generate('text', prompt, self.lengths['text'], eos, beam_size)
+
+  def _tts(self, text_ids: list[list[int]], beam_size: int):
+    eos = self.speech.eos_id + self.offset
+    if self.single:  # [0, text..., end of text], then speech
+      return self._single([[0] + ids + [self.text.eos_id] for ids in text_ids], 'speech', eos,
+                          beam_size)
+    rows = [[0] + ids[:self.lengths['text'] - 1] for ids in text_ids]
+    prompt = {'text': TowerInput.from_tokens(_right_padded(rows, self.lengths['text']),
+                                             lengths=[len(r) for r in rows]),
+              'speech': _start_token([len(r) for r in rows])}
+    return self._generate('speech', prompt, self.lengths['speech'], eos, beam_size)
+
+  def _single(self, rows: list[list[int]], output: str, eos: int, beam_size: int):
+    """Left-padded prompts in the Single Decoder's one sequence of `lengths[name]` tokens."""
+    total = self.lengths[self.model.name]
+    rows = [row[-(total - 1):] for row in rows]
+    width = min(total - 1, PROMPT_BUCKET * math.ceil(max(map(len, rows)) / PROMPT_BUCKET))
+    return self._generate(output, {self.model.name: _left_padded(rows, width)}, total - width,
+                          eos, beam_size)
+
+
+def _right_padded(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  tokens = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+  return tokens
+
+
+def transcribe_files(args) -> int:
+  wavs = [audio.read_audio(path) for path in args.audio]  # every file checked before any compute
+  system = SpeechText.from_run(args.model_dir, batch_size=min(len(wavs), 16))
+  for text in system.transcribe(wavs, args.beam_size, names=args.audio):
+    print(text)
+  return 0
+
+
+def speak_text(args) -> int:
+  system = SpeechText.from_run(args.model_dir, batch_size=1)
+  audio.write_audio(args.out, system.speak([args.text])[0])
+  print(f'wrote {args.out}')
+  return 0
+
+
+def add_parser(subparsers) -> None:
+  command = subparsers.add_parser(
+      'transcribe', help='Transcribe audio files with a trained run (ASR).', description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  command.add_argument('--model_dir', required=True, help='the run (newest checkpoint)')
+  command.add_argument('--beam_size', type=int, default=1, help='1: greedy')
+  command.add_argument('audio', nargs='+', help='audio files (WAV, FLAC, ...; any rate)')
+  command.set_defaults(run=_exit_on_audio_error(transcribe_files))
+  command = subparsers.add_parser(
+      'speak', help='Speak a text with a trained run (TTS) into an audio file.',
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  command.add_argument('--model_dir', required=True, help='the run (newest checkpoint)')
+  command.add_argument('-o', '--out', required=True, help='audio file to write (.wav, .flac)')
+  command.add_argument('text')
+  command.set_defaults(run=_exit_on_audio_error(speak_text))
+
+
+def _exit_on_audio_error(fn):
+  """Bad audio is the user's input error: its message, not a traceback."""
+  def run(args) -> int:
+    try:
+      return fn(args)
+    except audio.AudioError as error:
+      print(f'zipper {args.command}: {error}', file=sys.stderr)
+      return 2
+  return run

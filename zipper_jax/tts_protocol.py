@@ -1,0 +1,58 @@
+"""The paper's TTS evaluation: speech units -> audio (the corpus's resynthesiser) -> an external
+ASR judge (`asr_judge`, pocketsphinx) -> WER against the text the speech should say.
+
+Two reference figures frame a model's: the judge on the original audio (the floor: what the judge
+itself gets wrong) and on resynthesised ground-truth units (the ceiling: the best a model that
+predicts the corpus's own units can reach through this resynthesiser). Judging runs in `workers`
+processes; this module imports nothing heavy, so they start quickly.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import numpy as np
+
+from zipper_jax import audio, corpus, metrics
+
+
+@functools.cache
+def _resynthesizer(path: str):
+  from zipper_jax import resynthesis
+  return resynthesis.Resynthesizer.load(path)
+
+
+def _judge_units(job: tuple[str, Sequence[int]]) -> str:
+  from zipper_jax import asr_judge
+  path, units = job
+  if not len(units):
+    return ''  # nothing generated: every word is an error
+  return asr_judge.transcribe(_resynthesizer(path).audio(np.asarray(units)))
+
+
+def _judge_file(path: str) -> str:
+  from zipper_jax import asr_judge
+  return asr_judge.transcribe(audio.read_audio(path))
+
+
+def judge_units(resynthesizer_path: str, unit_lists: Sequence[Sequence[int]],
+                workers: int = 2, description: str = 'judging') -> list[str]:
+  """The judge's transcripts of each unit sequence, resynthesised."""
+  return corpus._parallel(_judge_units, [(resynthesizer_path, list(map(int, u)))
+                                         for u in unit_lists], workers, description)
+
+
+def judge_files(paths: Sequence[str], workers: int = 2, description: str = 'judging') -> list[str]:
+  return corpus._parallel(_judge_file, list(paths), workers, description)
+
+
+def reference_figures(texts: Sequence[str], units: Sequence[Sequence[int]],
+                      resynthesizer_path: str, audio_paths: Sequence[str] | None = None,
+                      workers: int = 2) -> dict[str, float]:
+  """{'ceiling_wer', 'ceiling_cer'} and, given the original audio, {'floor_wer', 'floor_cer'}."""
+  heard = judge_units(resynthesizer_path, units, workers, 'judging resynthesised truth')
+  figures = {f'ceiling_{k}': v for k, v in metrics.error_rates(texts, heard).items()}
+  if audio_paths is not None:
+    heard = judge_files(audio_paths, workers, 'judging original audio')
+    figures |= {f'floor_{k}': v for k, v in metrics.error_rates(texts, heard).items()}
+  return figures
