@@ -131,30 +131,25 @@ def _features(path: str):
   return speech_tokenizer.features(wav, config), speech_tokenizer.log_mel(wav, config)
 
 
-_TOKENIZER = None
-
-
-def _load_tokenizer(directory: str) -> None:
-  global _TOKENIZER
+@functools.cache
+def _tokenizer(directory: str):
   from zipper_jax import speech_tokenizer
-  _TOKENIZER = speech_tokenizer.SpeechTokenizer.load(directory)
+  return speech_tokenizer.SpeechTokenizer.load(directory)
 
 
-def _encode(path: str) -> tuple[list[int], float]:
+def _encode(job: tuple[str, str]) -> tuple[list[int], float]:
+  path, tokenizer_dir = job
   wav = audio.read_audio(path)
-  return _TOKENIZER.encode(wav).tolist(), len(wav) / audio.SAMPLE_RATE
+  return _tokenizer(tokenizer_dir).encode(wav).tolist(), len(wav) / audio.SAMPLE_RATE
 
 
-def _parallel(function, jobs: list, workers: int, description: str, initializer=None,
-              initargs=()) -> list:
+def _parallel(function, jobs: list, workers: int, description: str) -> list:
   """`function` over `jobs` in `workers` fresh processes (spawned: the parent may hold JAX or
   TensorFlow state that must not be forked), in order, with a progress bar."""
   if workers <= 1:
-    if initializer:
-      initializer(*initargs)
     return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
   with _without_main_module():
-    pool = multiprocessing.get_context('spawn').Pool(workers, initializer, initargs)
+    pool = multiprocessing.get_context('spawn').Pool(workers)
   with pool:
     return list(tqdm.tqdm(pool.imap(function, jobs, chunksize=8), total=len(jobs),
                           desc=description, unit='utt'))
@@ -236,8 +231,8 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
       continue
     to_encode = [line for line in members if 'audio' in line and 'units' not in line]
     encoded = dict(zip((line['id'] for line in to_encode), _parallel(
-        _encode, [_audio_path(out, line) for line in to_encode], workers, f'encoding {split}',
-        _load_tokenizer, (tokenizer_dir,))))
+        _encode, [(_audio_path(out, line), tokenizer_dir) for line in to_encode], workers,
+        f'encoding {split}')))
     _write_jsonl(path, [_manifest_line(line, encoded.get(line['id'])) for line in members])
 
   vocab_path = os.path.join(out, 'text_vocab.model')
