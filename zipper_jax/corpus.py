@@ -26,20 +26,16 @@ writes utterances/<split>.jsonl; `prepare` runs the rest, on any audio listed th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
-import multiprocessing
 import os
-import sys
 import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
-import tqdm
-
-from zipper_jax import atomic_files, audio, corpus_text, speech_synthesis, text_normalization
+from zipper_jax import (atomic_files, audio, corpus_text, parallel, speech_synthesis,
+                        text_normalization)
 
 SPLITS = ('text_only', 'speech_only', 'aligned', 'validation', 'test_clean', 'test_other')
 SIZES = {
@@ -143,34 +139,6 @@ def _encode(job: tuple[str, str]) -> tuple[list[int], float]:
   return _tokenizer(tokenizer_dir).encode(wav).tolist(), len(wav) / audio.SAMPLE_RATE
 
 
-def _parallel(function, jobs: list, workers: int, description: str) -> list:
-  """`function` over `jobs` in `workers` fresh processes (spawned: the parent may hold JAX or
-  TensorFlow state that must not be forked), in order, with a progress bar."""
-  if workers <= 1:
-    return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
-  with _without_main_module():
-    pool = multiprocessing.get_context('spawn').Pool(workers)
-  with pool:
-    return list(tqdm.tqdm(pool.imap(function, jobs, chunksize=8), total=len(jobs),
-                          desc=description, unit='utt'))
-
-
-@contextlib.contextmanager
-def _without_main_module():
-  """Spawned processes import the parent's `__main__` first; the `zipper` command's imports
-  JAX and TensorFlow (seconds and a GiB per worker) that workers never use. Hidden while the
-  workers start, they import only the modules their jobs name."""
-  main = sys.modules['__main__']
-  saved = {name: main.__dict__.pop(name) for name in ('__spec__', '__file__')
-           if name in main.__dict__}
-  main.__spec__ = None
-  try:
-    yield
-  finally:
-    del main.__spec__
-    main.__dict__.update(saved)
-
-
 def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | None = None,
           sentences: Sequence[tuple[str, str]] | None = None) -> dict:
   """Builds (or finishes building) the embedded corpus in `out`; returns its metadata."""
@@ -185,7 +153,7 @@ def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | Non
   utterances = plan(sentences, size, seed)
   to_speak = [(u, out, seed) for u in utterances
               if u.spoken and not os.path.exists(u.audio_path(out))]
-  _parallel(_speak, to_speak, workers, 'synthesising')
+  parallel.parallel_map(_speak, to_speak, workers, 'synthesising')
   for split in SPLITS:
     path = os.path.join(out, 'utterances', f'{split}.jsonl')
     if not os.path.exists(path):
@@ -216,7 +184,7 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
              if 'audio' in line]
   # Speech that comes tokenised already needs neither.
   if fit_set and not (os.path.exists(tokenizer_dir) and os.path.exists(resynthesizer_path)):
-    featurised = _parallel(_features, fit_set, workers, 'features')
+    featurised = parallel.parallel_map(_features, fit_set, workers, 'features')
     if not os.path.exists(tokenizer_dir):
       speech_tokenizer.fit([f for f, _ in featurised], speech_tokenizer.FeatureConfig(),
                            seed=seed).save(tokenizer_dir)
@@ -230,7 +198,7 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
     if os.path.exists(path):
       continue
     to_encode = [line for line in members if 'audio' in line and 'units' not in line]
-    encoded = dict(zip((line['id'] for line in to_encode), _parallel(
+    encoded = dict(zip((line['id'] for line in to_encode), parallel.parallel_map(
         _encode, [(_audio_path(out, line), tokenizer_dir) for line in to_encode], workers,
         f'encoding {split}')))
     _write_jsonl(path, [_manifest_line(line, encoded.get(line['id'])) for line in members])
@@ -303,29 +271,13 @@ def read_manifest(corpus_dir: str, split: str, kind: str = 'manifest') -> list[d
     return [json.loads(line) for line in f]
 
 
-@functools.cache
-def _resynthesizer(path: str):
-  from zipper_jax import resynthesis
-  return resynthesis.Resynthesizer.load(path)
-
-
-def _judge(job: tuple[str, str, list[int], str]) -> tuple[str, str, str]:
-  """The judge's transcripts of an utterance's audio and of its units resynthesised."""
-  from zipper_jax import asr_judge
-  path, reference, units, resynthesizer_path = job
-  resynthesized = _resynthesizer(resynthesizer_path).audio(np.asarray(units))
-  return (reference, asr_judge.transcribe(audio.read_audio(path)),
-          asr_judge.transcribe(resynthesized))
-
-
 def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = None) -> dict:
   """Per split: utterances, hours, units per second, and the judge's WER on a sample of the
   original audio and of its ground-truth units resynthesised: the floor and the ceiling of the
   TTS protocol."""
-  import jiwer
+  from zipper_jax import tts_protocol
   if not os.path.exists(os.path.join(corpus_dir, 'metadata.json')):
     raise FileNotFoundError(f'{corpus_dir}: no finished corpus (metadata.json is missing)')
-  resynthesizer_path = os.path.join(corpus_dir, 'resynthesizer.npz')
   table = {}
   for split in SPLITS:
     lines = read_manifest(corpus_dir, split)
@@ -336,13 +288,13 @@ def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = No
       row.update(hours=round(seconds / 3600, 3),
                  units_per_second=round(sum(len(line['units']) for line in spoken) / seconds, 2))
       if judged_utterances:
-        jobs = [(os.path.join(corpus_dir, line['audio']), line['text'], line['units'],
-                 resynthesizer_path) for line in spoken[:judged_utterances]]
-        references, original, resynthesized = map(list, zip(*_parallel(
-            _judge, jobs, workers or os.cpu_count(), f'judging {split}')))
-        row.update(judge_wer=round(jiwer.wer(references, original), 4),
-                   judge_wer_resynthesized=round(jiwer.wer(references, resynthesized), 4),
-                   judged=len(jobs))
+        judged = spoken[:judged_utterances]
+        figures = tts_protocol.reference_figures(
+            [line['text'] for line in judged], [line['units'] for line in judged],
+            os.path.join(corpus_dir, 'resynthesizer.npz'),
+            [_audio_path(corpus_dir, line) for line in judged], workers or os.cpu_count())
+        row.update(judge_wer=round(figures['floor_wer'], 4),
+                   judge_wer_resynthesized=round(figures['ceiling_wer'], 4), judged=len(judged))
     table[split] = row
   return table
 

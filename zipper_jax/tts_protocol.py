@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zipper_jax import audio, corpus, metrics
+from zipper_jax import audio, metrics, parallel
 
 
 @functools.cache
@@ -38,12 +38,12 @@ def _judge_file(path: str) -> str:
 def judge_units(resynthesizer_path: str, unit_lists: Sequence[Sequence[int]],
                 workers: int = 2, description: str = 'judging') -> list[str]:
   """The judge's transcripts of each unit sequence, resynthesised."""
-  return corpus._parallel(_judge_units, [(resynthesizer_path, list(map(int, u)))
+  return parallel.parallel_map(_judge_units, [(resynthesizer_path, list(map(int, u)))
                                          for u in unit_lists], workers, description)
 
 
 def judge_files(paths: Sequence[str], workers: int = 2, description: str = 'judging') -> list[str]:
-  return corpus._parallel(_judge_file, list(paths), workers, description)
+  return parallel.parallel_map(_judge_file, list(paths), workers, description)
 
 
 def reference_figures(texts: Sequence[str], units: Sequence[Sequence[int]],
