@@ -56,22 +56,19 @@ class SpeechTextEval:
   def __call__(self, step: int, model: models.Model, params) -> dict[str, float]:
     import tasks.speech_text  # noqa: F401 -- registers text_lm; the corpus's default folder
     corpus_dir = self.corpus_dir or tasks.speech_text.CORPUS_DIR
-    vocabs = vocabularies.load_vocabularies(self.model_dir)
-    single = isinstance(model, models.SingleDecoderModel)
-    text, speech = ((vocabs[model.name].text, vocabs[model.name].speech) if single else
-                    (vocabs['text'], vocabs['speech']))
-    system = SpeechText(model, params, text, speech, self.lengths, self.batch_size)
+    system = SpeechText(model, params, vocabularies.load_vocabularies(self.model_dir),
+                        self.lengths, self.batch_size)
+    speech = system.speech
     flat = {}
     for split in self.splits:
       lines = corpus.read_manifest(corpus_dir, split)
       result = {'step': int(step), **self._asr(system, lines[:self.asr_utterances])}
       if (self.tts_utterances != 0 and isinstance(speech, vocabularies.SpeechVocabulary)
           and speech.has_assets):
-        result['tts'] = self._tts(system, speech, split, lines[:self.tts_utterances],
-                                  corpus_dir)
+        result['tts'] = self._tts(system, split, lines[:self.tts_utterances], corpus_dir)
       self._write(f'{split}.json', result)
       flat |= {f'{split}/{key}': value for key, value in flatten(result).items()}
-    perplexity = {'step': int(step), **self._perplexity(model, params, single)}
+    perplexity = {'step': int(step), **self._perplexity(model, params, system.single)}
     self._write('text_perplexity.json', perplexity)
     flat |= {f'text/{k}': v for k, v in perplexity.items() if k != 'step'}
     print(f'\n{self.model_dir} at step {step}:\n' + format_table({model.__class__.__name__: flat},
@@ -90,11 +87,10 @@ class SpeechTextEval:
                                  for r, h in zip(references[:5], hypotheses[:5])]
     return result
 
-  def _tts(self, system: SpeechText, speech: vocabularies.SpeechVocabulary, split: str,
-           lines: list[dict], corpus_dir: str) -> dict:
+  def _tts(self, system: SpeechText, split: str, lines: list[dict], corpus_dir: str) -> dict:
     """The model's judged WER, and the protocol's floor and ceiling on the same utterances."""
     texts = [line['text'] for line in lines]
-    resynthesizer = os.path.join(speech.assets_dir, speech.RESYNTHESIZER)
+    resynthesizer = os.path.join(system.speech.assets_dir, system.speech.RESYNTHESIZER)
     heard = tts_protocol.judge_units(resynthesizer, system.speak_units(texts),
                                      self.judge_workers, 'judging generated speech')
     return {'utterances': len(lines), **metrics.error_rates(texts, heard),
@@ -124,14 +120,13 @@ class SpeechTextEval:
     """Held-out text's perplexity, on the same tokens: inside `model` (text-only input), under
     the run's own text tower alone (a Zipper's; bit-identical to the pre-trained one when it
     was frozen), and under the pre-trained text tower (`text_tower_dir`)."""
-    lengths = self.lengths if not single else {model.name: self.lengths[model.name]}
-    text_length = max(lengths.values())
+    text_length = max(self.lengths.values())
     text_lm = lambda m, p, task, lengths: metrics.perplexity(train_lib.evaluate(
         m, p, task, lengths, self.batch_size, max_batches=self.perplexity_batches)['eval/loss'])
     config = model.text_config if single else model.tower_configs['text']
     tower = models.TowerModel(config, 'text')
     result = {'inside_model': text_lm(model, params, 'single_text_lm' if single else 'text_lm',
-                                      lengths)}
+                                      self.lengths)}
     if not single:
       result['run_text_tower'] = text_lm(tower, params['text'], 'text_lm', {'text': text_length})
     if self.text_tower_dir:

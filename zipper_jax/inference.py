@@ -24,6 +24,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
 
 from zipper_jax import audio, checkpoints, decoding, models, vocabularies
 from zipper_jax import configurables  # noqa: F401 -- registers what a run's config.gin names
@@ -65,6 +66,13 @@ def _start_token(offsets: Sequence[int]) -> TowerInput:
   return TowerInput(jnp.zeros_like(start), jnp.zeros_like(start), jnp.ones_like(start), start)
 
 
+def text_and_speech(model: models.Model, vocabs: dict[str, seqio.Vocabulary]):
+  """(text, speech) vocabularies of a run's `vocabs` (a Single Decoder keeps both in one)."""
+  if isinstance(model, models.SingleDecoderModel):
+    return vocabs[model.name].text, vocabs[model.name].speech
+  return vocabs['text'], vocabs['speech']
+
+
 class SpeechText:
   """ASR and TTS with a trained Zipper or Single Decoder, `batch_size` utterances a call.
 
@@ -73,13 +81,13 @@ class SpeechText:
   Decoder (prompt and generated tokens share it).
   """
 
-  def __init__(self, model: models.Model, params, text: vocabularies.seqio.Vocabulary,
-               speech: vocabularies.UnitVocabulary, lengths: dict[str, int],
-               batch_size: int = 16):
-    self.model, self.params, self.text, self.speech = model, params, text, speech
+  def __init__(self, model: models.Model, params, vocabs: dict[str, seqio.Vocabulary],
+               lengths: dict[str, int], batch_size: int = 16):
+    self.model, self.params = model, params
+    self.text, self.speech = text_and_speech(model, vocabs)
     self.lengths, self.batch_size = lengths, batch_size
     self.single = isinstance(model, models.SingleDecoderModel)
-    self.offset = text.vocab_size if self.single else 0  # where speech ids start
+    self.offset = self.text.vocab_size if self.single else 0  # where speech ids start
     # One Decoder object per output: `generate` compiles once per (decoder, shapes).
     self.decoders = ({'text': model.decoder(), 'speech': model.decoder()} if self.single else
                      {name: model.decoder(name) for name in ('text', 'speech')})
@@ -87,12 +95,8 @@ class SpeechText:
   @classmethod
   def from_run(cls, model_dir: str, batch_size: int = 16) -> SpeechText:
     model, lengths = run_model(model_dir)
-    vocabs = vocabularies.load_vocabularies(model_dir)
-    if isinstance(model, models.SingleDecoderModel):
-      text, speech = vocabs[model.name].text, vocabs[model.name].speech
-    else:
-      text, speech = vocabs['text'], vocabs['speech']
-    return cls(model, checkpoints.load_params(model_dir), text, speech, lengths, batch_size)
+    return cls(model, checkpoints.load_params(model_dir),
+               vocabularies.load_vocabularies(model_dir), lengths, batch_size)
 
   # ASR and TTS on ids: lists in, lists out, batched here.
   def transcribe_units(self, unit_lists: Sequence[Sequence[int]], beam_size: int = 1) -> list[str]:
