@@ -38,8 +38,8 @@ def _judge_file(path: str) -> str:
 def judge_units(resynthesizer_path: str, unit_lists: Sequence[Sequence[int]],
                 workers: int = 2, description: str = 'judging') -> list[str]:
   """The judge's transcripts of each unit sequence, resynthesised."""
-  return parallel.parallel_map(_judge_units, [(resynthesizer_path, list(map(int, u)))
-                                         for u in unit_lists], workers, description)
+  jobs = [(resynthesizer_path, list(map(int, units))) for units in unit_lists]
+  return parallel.parallel_map(_judge_units, jobs, workers, description)
 
 
 def judge_files(paths: Sequence[str], workers: int = 2, description: str = 'judging') -> list[str]:
