@@ -15,7 +15,7 @@ import tqdm
 
 def parallel_map(function, jobs: list, workers: int, description: str) -> list:
   """[function(job) for job in jobs], in order, over `workers` processes."""
-  if workers <= 1:
+  if workers <= 1 or not jobs:  # no processes to start for nothing
     return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
   with _without_main_module():
     pool = multiprocessing.get_context('spawn').Pool(workers)
