@@ -3,6 +3,7 @@ that a later reader (or a resumed build) could take for finished work."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -41,3 +42,8 @@ def atomic_directory(path: str) -> Iterator[str]:
   finally:
     if os.path.exists(partial):
       shutil.rmtree(partial)
+
+
+def write_json(path: str, value) -> None:
+  with atomic_file(path) as partial, open(partial, 'w') as f:
+    json.dump(value, f, indent=2)

@@ -214,7 +214,7 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
   corpus_tfds.prepare(out)
   metadata = {**(description or {}), 'splits': {s: len(m) for s, m in lines.items()},
               'sample_rate': audio.SAMPLE_RATE}
-  _write_json(os.path.join(out, 'metadata.json'), metadata)
+  atomic_files.write_json(os.path.join(out, 'metadata.json'), metadata)
   return metadata
 
 
@@ -227,12 +227,7 @@ def _check_same_request(out: str, request: dict) -> None:
       raise ValueError(f'{out} holds a corpus built with {previous}, not {request}: choose '
                        'another --out, or delete the folder to rebuild')
     return
-  _write_json(path, request)
-
-
-def _write_json(path: str, value) -> None:
-  with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
-    json.dump(value, f, indent=2)
+  atomic_files.write_json(path, request)
 
 
 def _write_jsonl(path: str, lines: Iterable[dict]) -> None:
@@ -340,8 +335,6 @@ def run(args) -> int:
     print(json.dumps(metadata['splits']))
     return 0
   table = stats(args.corpus_dir, args.judged_utterances)
-  with atomic_files.atomic_file(os.path.join(args.corpus_dir, 'stats.json')) as partial:
-    with open(partial, 'w') as f:
-      json.dump(table, f, indent=2)
+  atomic_files.write_json(os.path.join(args.corpus_dir, 'stats.json'), table)
   print(format_stats(table))
   return 0

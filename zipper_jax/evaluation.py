@@ -111,9 +111,7 @@ class SpeechTextEval:
     figures = tts_protocol.reference_figures([line['text'] for line in lines],
                                              [line['units'] for line in lines], resynthesizer,
                                              audio, self.judge_workers)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
-      json.dump(figures, f, indent=2)
+    atomic_files.write_json(path, figures)
     return figures
 
   def _perplexity(self, model: models.Model, params, single: bool) -> dict:
@@ -135,10 +133,7 @@ class SpeechTextEval:
     return result
 
   def _write(self, name: str, result: dict) -> None:
-    path = os.path.join(self.model_dir, 'eval', name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_files.atomic_file(path) as partial, open(partial, 'w') as f:
-      json.dump(result, f, indent=2)
+    atomic_files.write_json(os.path.join(self.model_dir, 'eval', name), result)
 
 
 def flatten(result: Mapping, prefix: str = '') -> dict[str, float]:
