@@ -9,18 +9,21 @@ if 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '')
 # The speech-text tasks read their corpus from here; the `corpus` fixture writes a toy one.
 os.environ['ZIPPER_CORPUS_DIR'] = tempfile.mkdtemp(prefix='zipper_corpus_')
 
+# Tests compile the same small programs many times (every training run, in every worker and in
+# the processes tests launch): JAX's persistent cache, configured through the environment so that
+# those processes share it, turns all but the first compilation of each into a disk read.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '.cache',
+                                   'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import filelock  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-# Tests compile the same small programs many times (every training run, in every worker):
-# JAX's persistent cache turns all but the first compilation of each into a disk read.
-jax.config.update('jax_compilation_cache_dir',
-                  os.path.join(os.path.dirname(__file__), '..', '.cache', 'jax'))
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 from zipper_jax.inputs import TowerInput  # noqa: E402
 from zipper_jax.tower import TowerConfig  # noqa: E402
@@ -32,10 +35,8 @@ SPEECH = TowerConfig(vocab_size=48, num_layers=3, embed_dim=24, num_heads=3, hea
                      mlp_dim=48)
 TWO_WAY = (Edge('text', 'speech', 1), Edge('speech', 'text', 1))
 
-
 def random_tokens(seed, shape, vocab, low=1):
   return jnp.asarray(np.random.default_rng(seed).integers(low, vocab, shape), jnp.int32)
-
 
 def asr_inputs(batch=2, speech_length=7, text_length=5, seed=0, speech_lengths=None):
   """Speech first, then text: text token j sits at interleaved position (#speech tokens) + j."""
@@ -46,26 +47,40 @@ def asr_inputs(batch=2, speech_length=7, text_length=5, seed=0, speech_lengths=N
                                 offset=jnp.asarray(lengths))
   return {'speech': speech, 'text': text}
 
-
 def open_gates(params, value=0.5):
   """The same parameters with every cross-attention gate set to `value` (fresh ones are 0)."""
   return jax.tree_util.tree_map_with_path(
       lambda path, x: jnp.full_like(x, value) if 'gate' in jax.tree_util.keystr(path) else x,
       params)
 
-
 def init(model, inputs, seed=0):
   return nn.unbox(jax.jit(model.init)(jax.random.key(seed), inputs))['params']
-
 
 @pytest.fixture(scope='session')
 def two_way_zipper():
   model = Zipper(ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY))
   return model, open_gates(init(model, asr_inputs()))
 
-
 @pytest.fixture(scope='session')
 def corpus():
   """The toy corpus's sentences, written to $ZIPPER_CORPUS_DIR once per test process."""
   from zipper_jax import synthetic_corpus
   return synthetic_corpus.write_corpus(os.environ['ZIPPER_CORPUS_DIR'])
+
+# A real corpus, as small as it gets: synthesised speech, a 1024-unit tokenizer, a resynthesiser.
+MICRO_CORPUS = {'text_only': 60, 'speech_only': 30, 'aligned': 12, 'validation': 4,
+                'test_clean': 4, 'test_other': 4}
+MICRO_SEED = 3
+
+@pytest.fixture(scope='session')
+def micro_corpus(tmp_path_factory, worker_id):
+  """MICRO_CORPUS, built once per test session and shared by the xdist workers (read only)."""
+  from zipper_jax import corpus
+  # Workers' temporary folders share a parent that is unique to this session.
+  root = tmp_path_factory.getbasetemp()
+  root = root if worker_id == 'master' else root.parent
+  with filelock.FileLock(str(root / 'micro_corpus.lock')):
+    directory = str(root / 'micro_corpus')
+    if not os.path.exists(os.path.join(directory, 'metadata.json')):
+      corpus.build(directory, MICRO_CORPUS, seed=MICRO_SEED, workers=2)
+  return directory

@@ -1,7 +1,8 @@
 """The speech-text corpus: text, plan, synthesis, tokenizer, resynthesiser, judge, resumable build.
 
-A micro corpus (a few dozen utterances, real synthesis and a real 1024-unit tokenizer) is built
-once per test process; the tiny corpus's own figures come from `zipper corpus stats`.
+A micro corpus (a few dozen utterances, real synthesis, a real 1024-unit tokenizer: conftest's
+`micro_corpus`) is built once per test session; the tiny corpus's own figures come from
+`zipper corpus stats`.
 """
 import json
 import os
@@ -13,20 +14,12 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
+from conftest import MICRO_CORPUS, MICRO_SEED
 from zipper_jax import (asr_judge, audio, corpus, corpus_text, corpus_tfds, resynthesis,
                         speech_synthesis, speech_tokenizer, text_normalization)
 
-MICRO = {'text_only': 40, 'speech_only': 30, 'aligned': 12, 'validation': 3, 'test_clean': 3,
-         'test_other': 3}
 SENTENCES = [('fortunes', f'sentence number {text_normalization.spoken_form(str(i))} is '
               'spoken here') for i in range(200)]
-
-
-@pytest.fixture(scope='module')
-def micro(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp('micro'))
-  corpus.build(directory, MICRO, seed=3, workers=2)
-  return directory
 
 
 def test_normalizer_speaks_numbers_and_drops_punctuation():
@@ -41,58 +34,59 @@ def test_normalizer_speaks_numbers_and_drops_punctuation():
 
 
 def test_plan_is_disjoint_seeded_and_keeps_test_other_voices_unseen():
-  utterances = corpus.plan(SENTENCES, MICRO, seed=0)
-  assert utterances == corpus.plan(SENTENCES, MICRO, seed=0)
-  assert utterances != corpus.plan(SENTENCES, MICRO, seed=1)
+  utterances = corpus.plan(SENTENCES, MICRO_CORPUS, seed=0)
+  assert utterances == corpus.plan(SENTENCES, MICRO_CORPUS, seed=0)
+  assert utterances != corpus.plan(SENTENCES, MICRO_CORPUS, seed=1)
   texts = {split: {u.text for u in utterances if u.split == split} for split in corpus.SPLITS}
-  assert {split: len(t) for split, t in texts.items()} == MICRO
-  assert len(set.union(*texts.values())) == sum(MICRO.values())
+  assert {split: len(t) for split, t in texts.items()} == MICRO_CORPUS
+  assert len(set.union(*texts.values())) == sum(MICRO_CORPUS.values())
   train_voices = {u.voice for u in utterances if u.split in ('speech_only', 'aligned')}
   assert {u.voice for u in utterances if u.split == 'test_clean'} <= train_voices
   other = [u for u in utterances if u.split == 'test_other']
   assert not {u.voice for u in other} & train_voices
   assert all(u.snr_db == corpus.TEST_OTHER_SNR_DB and u.rate != 1 for u in other)
   with pytest.raises(ValueError, match='needs 201 sentences; the sources give 200'):
-    corpus.plan(SENTENCES, {**MICRO, 'text_only': 150}, seed=0)
+    corpus.plan(SENTENCES, {**MICRO_CORPUS, 'text_only': 150}, seed=0)
 
 
-def test_build_writes_disjoint_splits_readable_by_tfds(micro):
-  manifests = {split: corpus.read_manifest(micro, split) for split in corpus.SPLITS}
+def test_build_writes_disjoint_splits_readable_by_tfds(micro_corpus):
+  manifests = {split: corpus.read_manifest(micro_corpus, split) for split in corpus.SPLITS}
   texts = [line['text'] for lines in manifests.values() for line in lines]
-  assert len(texts) == len(set(texts)) == sum(MICRO.values())
+  assert len(texts) == len(set(texts)) == sum(MICRO_CORPUS.values())
   for split, lines in manifests.items():
     for line in lines:
       assert ('units' in line) == (split != 'text_only')
       if 'units' in line:
         assert 0 <= min(line['units']) and max(line['units']) < 1024
         assert abs(len(line['units']) / line['duration'] - 25) < 1
-        assert os.path.exists(os.path.join(micro, line['audio']))
-  loaded = tfds.load(corpus_tfds.NAME, data_dir=micro, split='aligned')
+        assert os.path.exists(os.path.join(micro_corpus, line['audio']))
+  loaded = tfds.load(corpus_tfds.NAME, data_dir=micro_corpus, split='aligned')
   by_id = {line['id']: line for line in manifests['aligned']}
   for example in tfds.as_numpy(loaded):
     line = by_id[example['id'].decode()]
     assert example['text'].decode() == line['text']
     assert example['units'].tolist() == line['units']
-  with open(os.path.join(micro, 'metadata.json')) as f:
+  with open(os.path.join(micro_corpus, 'metadata.json')) as f:
     metadata = json.load(f)
   assert set(metadata['sources']) == {s.name for s in corpus_text.SOURCES}
   assert all(s['licence'] for s in metadata['sources'].values())
 
 
-def test_same_seed_rebuilds_the_same_units(micro, tmp_path):
-  corpus.build(str(tmp_path), MICRO, seed=3, workers=2)
+def test_same_seed_rebuilds_the_same_units(micro_corpus, tmp_path):
+  corpus.build(str(tmp_path), MICRO_CORPUS, seed=MICRO_SEED, workers=2)
   for split in corpus.SPLITS:
-    assert corpus.read_manifest(str(tmp_path), split) == corpus.read_manifest(micro, split)
+    assert corpus.read_manifest(str(tmp_path), split) == corpus.read_manifest(micro_corpus, split)
 
 
-def test_a_folder_keeps_the_request_it_was_built_for(micro):
+def test_a_folder_keeps_the_request_it_was_built_for(micro_corpus):
   with pytest.raises(ValueError, match='holds a corpus built with'):
-    corpus.build(micro, MICRO, seed=4)
+    corpus.build(micro_corpus, MICRO_CORPUS, seed=4)
 
 
-def test_interrupted_build_resumes_without_redoing_finished_work(micro, tmp_path, monkeypatch):
+def test_interrupted_build_resumes_without_redoing_finished_work(micro_corpus, tmp_path,
+                                                                 monkeypatch):
   resumed = str(tmp_path / 'resumed')
-  shutil.copytree(micro, resumed)
+  shutil.copytree(micro_corpus, resumed)
   expected = corpus.read_manifest(resumed, 'aligned')
   lost = expected[:3]
   for line in lost:
@@ -103,7 +97,7 @@ def test_interrupted_build_resumes_without_redoing_finished_work(micro, tmp_path
   synthesize = speech_synthesis.synthesize
   monkeypatch.setattr(speech_synthesis, 'synthesize',
                       lambda text, *a: spoken.append(text) or synthesize(text, *a))
-  corpus.build(resumed, MICRO, seed=3, workers=1)
+  corpus.build(resumed, MICRO_CORPUS, seed=MICRO_SEED, workers=1)
   assert sorted(spoken) == sorted(line['text'] for line in lost)
   assert corpus.read_manifest(resumed, 'aligned') == expected
   assert os.path.exists(os.path.join(resumed, 'metadata.json'))
@@ -121,27 +115,27 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
-def test_tokenizer_round_trips_and_encodes_stored_audio_to_the_manifest(micro, tmp_path):
-  tokenizer = speech_tokenizer.SpeechTokenizer.load(os.path.join(micro, 'speech_tokenizer'))
+def test_tokenizer_round_trips_and_encodes_stored_audio_to_the_manifest(micro_corpus, tmp_path):
+  tokenizer = speech_tokenizer.SpeechTokenizer.load(os.path.join(micro_corpus, 'speech_tokenizer'))
   assert tokenizer.num_units == 1024 and tokenizer.config.unit_rate == 25
-  line = corpus.read_manifest(micro, 'aligned')[0]
-  path = os.path.join(micro, line['audio'])
+  line = corpus.read_manifest(micro_corpus, 'aligned')[0]
+  path = os.path.join(micro_corpus, line['audio'])
   assert tokenizer.encode_file(path).tolist() == line['units']
   tokenizer.save(str(tmp_path / 'copy'))
   copy = speech_tokenizer.SpeechTokenizer.load(str(tmp_path / 'copy'))
   assert copy.encode_file(path).tolist() == line['units']
 
 
-def test_encoding_edge_cases(micro, tmp_path):
+def test_encoding_edge_cases(micro_corpus, tmp_path):
   """Silence: one unit per 40 ms like any audio. 0.1 s: 3 units (frames are centred, so 1600
   samples give 6 frames). 44.1 kHz stereo: resampled on reading, so it encodes like the 16 kHz
   mono original up to resampling error."""
-  tokenizer = speech_tokenizer.SpeechTokenizer.load(os.path.join(micro, 'speech_tokenizer'))
+  tokenizer = speech_tokenizer.SpeechTokenizer.load(os.path.join(micro_corpus, 'speech_tokenizer'))
   silence = tokenizer.encode(np.zeros(audio.SAMPLE_RATE, np.float32))
   assert len(silence) == 26 and silence.min() >= 0 and silence.max() < 1024
   assert len(tokenizer.encode(np.random.default_rng(0).uniform(-.1, .1, 1600))) == 3
-  line = corpus.read_manifest(micro, 'aligned')[0]
-  original = audio.read_audio(os.path.join(micro, line['audio']))
+  line = corpus.read_manifest(micro_corpus, 'aligned')[0]
+  original = audio.read_audio(os.path.join(micro_corpus, line['audio']))
   stereo = np.stack([original, original], axis=1)
   soundfile.write(tmp_path / 'stereo.wav', audio.resample(stereo, 16_000, 44_100), 44_100)
   units = tokenizer.encode_file(str(tmp_path / 'stereo.wav'))
@@ -160,9 +154,9 @@ def test_unusable_audio_is_named(tmp_path):
     audio.read_audio(str(tmp_path / 'missing.wav'))
 
 
-def test_resynthesizer_renders_every_unit_and_round_trips(micro, tmp_path):
-  resynthesizer = resynthesis.Resynthesizer.load(os.path.join(micro, 'resynthesizer.npz'))
-  units = np.asarray(corpus.read_manifest(micro, 'aligned')[0]['units'])
+def test_resynthesizer_renders_every_unit_and_round_trips(micro_corpus, tmp_path):
+  resynthesizer = resynthesis.Resynthesizer.load(os.path.join(micro_corpus, 'resynthesizer.npz'))
+  units = np.asarray(corpus.read_manifest(micro_corpus, 'aligned')[0]['units'])
   wav = resynthesizer.audio(units)
   assert wav.dtype == np.float32 and abs(len(wav) - len(units) * 640) <= 640
   assert np.array_equal(wav, resynthesizer.audio(units))  # Griffin-Lim from a fixed phase
@@ -171,30 +165,30 @@ def test_resynthesizer_renders_every_unit_and_round_trips(micro, tmp_path):
                         wav)
 
 
-def test_judge_understands_the_corpus_audio(micro):
+def test_judge_understands_the_corpus_audio(micro_corpus):
   """The judge's WER on original flite audio; the tiny corpus measures about 0.25 (README)."""
-  lines = corpus.read_manifest(micro, 'aligned')
-  hypotheses = [asr_judge.transcribe(audio.read_audio(os.path.join(micro, line['audio'])))
+  lines = corpus.read_manifest(micro_corpus, 'aligned')
+  hypotheses = [asr_judge.transcribe(audio.read_audio(os.path.join(micro_corpus, line['audio'])))
                 for line in lines]
   assert jiwer.wer([line['text'] for line in lines], hypotheses) < 0.5
 
 
-def test_prepare_takes_your_own_audio_and_units(micro, tmp_path):
+def test_prepare_takes_your_own_audio_and_units(micro_corpus, tmp_path):
   """LibriSpeech-style input: absolute audio paths, upper-case text, some speech pre-tokenised."""
   own = str(tmp_path / 'own')
   for split in corpus.SPLITS:
     lines = []
-    for line in corpus.read_manifest(micro, split):
+    for line in corpus.read_manifest(micro_corpus, split):
       mine = {'id': line['id'], 'text': line['text'].upper()}
       if split == 'aligned':
         mine['units'] = line['units']
       elif 'audio' in line:
-        mine['audio'] = os.path.join(micro, line['audio'])
+        mine['audio'] = os.path.join(micro_corpus, line['audio'])
       lines.append(mine)
     corpus._write_jsonl(os.path.join(own, 'utterances', f'{split}.jsonl'), lines)
-  corpus.prepare(own, seed=3, workers=2)
+  corpus.prepare(own, seed=MICRO_SEED, workers=2)
   for split in corpus.SPLITS:
-    prepared, built = corpus.read_manifest(own, split), corpus.read_manifest(micro, split)
+    prepared, built = corpus.read_manifest(own, split), corpus.read_manifest(micro_corpus, split)
     assert [line['text'] for line in prepared] == [line['text'] for line in built]
     assert [line.get('units') for line in prepared] == [line.get('units') for line in built]
-  assert len(tfds.load(corpus_tfds.NAME, data_dir=own, split='aligned')) == MICRO['aligned']
+  assert len(tfds.load(corpus_tfds.NAME, data_dir=own, split='aligned')) == MICRO_CORPUS['aligned']

@@ -1,5 +1,5 @@
 """Real audio in and out (`zipper transcribe`, `zipper speak`), bad audio, and the TTS protocol,
-on a micro corpus with real speech, tokenizer and resynthesiser (built once, ~15 s)."""
+on a micro corpus with real speech, tokenizer and resynthesiser (conftest's `micro_corpus`)."""
 import os
 
 import flax.linen as nn
@@ -13,16 +13,7 @@ import soundfile
 from zipper_jax import audio, batch, checkpoints, corpus, inference, main, metrics
 from zipper_jax import tts_protocol, vocabularies
 
-MICRO = {'text_only': 60, 'speech_only': 30, 'aligned': 12, 'validation': 4, 'test_clean': 4,
-         'test_other': 4}
 LENGTHS = {'zipper': {'speech': 96, 'text': 24}, 'single_decoder': {'single': 120}}
-
-
-@pytest.fixture(scope='module')
-def real_corpus(tmp_path_factory):
-  directory = str(tmp_path_factory.mktemp('micro_corpus'))
-  corpus.build(directory, MICRO, seed=0, workers=2)
-  return directory
 
 
 def write_run(model_dir, corpus_dir, model_file):
@@ -48,8 +39,8 @@ def write_run(model_dir, corpus_dir, model_file):
 
 
 @pytest.fixture(scope='module', params=['zipper', 'single_decoder'])
-def run_dir(request, real_corpus, tmp_path_factory):
-  return write_run(str(tmp_path_factory.mktemp(request.param) / 'run'), real_corpus,
+def run_dir(request, micro_corpus, tmp_path_factory):
+  return write_run(str(tmp_path_factory.mktemp(request.param) / 'run'), micro_corpus,
                    request.param)
 
 
@@ -58,27 +49,27 @@ def utterance(corpus_dir, index=0):
   return line, os.path.join(corpus_dir, line['audio'])
 
 
-def test_a_run_carries_its_speech_tokenizer_and_resynthesiser(run_dir, real_corpus):
+def test_a_run_carries_its_speech_tokenizer_and_resynthesiser(run_dir, micro_corpus):
   vocabs = vocabularies.load_vocabularies(run_dir)
   speech = vocabs['speech'] if 'speech' in vocabs else vocabs['single'].speech
   assert speech.assets_dir.startswith(run_dir)  # a copy: the run works without the corpus
-  line, path = utterance(real_corpus)
+  line, path = utterance(micro_corpus)
   np.testing.assert_array_equal(speech.tokenizer().encode_file(path), line['units'])
 
 
-def test_speak_then_transcribe_end_to_end(run_dir, real_corpus, tmp_path, capsys):
+def test_speak_then_transcribe_end_to_end(run_dir, micro_corpus, tmp_path, capsys):
   out = str(tmp_path / 'out.wav')
   assert main.main(['speak', '--model_dir', run_dir, 'the old man sees a dog', '-o', out]) == 0
   wav = audio.read_audio(out)
   assert wav.size > audio.SAMPLE_RATE // 10 and np.abs(wav).max() > 0.01
   capsys.readouterr()
-  _, flac = utterance(real_corpus)
+  _, flac = utterance(micro_corpus)
   assert main.main(['transcribe', '--model_dir', run_dir, out, flac]) == 0
   assert len(capsys.readouterr().out.splitlines()) == 2  # one transcript a file
 
 
-def test_audio_at_another_rate_is_resampled(run_dir, real_corpus, tmp_path):
-  line, path = utterance(real_corpus)
+def test_audio_at_another_rate_is_resampled(run_dir, micro_corpus, tmp_path):
+  line, path = utterance(micro_corpus)
   wav = audio.read_audio(path)
   stereo_8k = str(tmp_path / 'stereo_8k.wav')
   soundfile.write(stereo_8k, np.stack([wav, wav], 1)[::2], 8000)
@@ -103,12 +94,12 @@ def test_bad_audio_fails_with_a_clear_message(run_dir, tmp_path, capsys, make, m
   assert path in error and message in error and 'Traceback' not in error
 
 
-def test_tts_protocol_on_ground_truth_units_gives_the_ceiling(real_corpus):
-  lines = corpus.read_manifest(real_corpus, 'test_clean')[:2]
+def test_tts_protocol_on_ground_truth_units_gives_the_ceiling(micro_corpus):
+  lines = corpus.read_manifest(micro_corpus, 'test_clean')[:2]
   texts, units = [l['text'] for l in lines], [l['units'] for l in lines]
-  resynthesizer = os.path.join(real_corpus, 'resynthesizer.npz')
+  resynthesizer = os.path.join(micro_corpus, 'resynthesizer.npz')
   figures = tts_protocol.reference_figures(
-      texts, units, resynthesizer, [os.path.join(real_corpus, l['audio']) for l in lines],
+      texts, units, resynthesizer, [os.path.join(micro_corpus, l['audio']) for l in lines],
       workers=1)
   # A "model" that outputs the ground-truth units scores exactly the ceiling.
   as_model = metrics.error_rates(texts, tts_protocol.judge_units(resynthesizer, units, 1))
