@@ -33,6 +33,14 @@ def test_missing_macro_is_named():
     main.main(['train', *TINY_FROZEN_TEXT])
 
 
+def test_an_unregistered_task_says_how_to_register_it(tmp_path):
+  with pytest.raises(ValueError, match="no seqio task or mixture is named 'asr_tts_typo'.*import"):
+    main.main(['train', *TINY_FROZEN_TEXT, f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+               "--gin.MIXTURE_OR_TASK_NAME='asr_tts_typo'", '--gin.TRAIN_STEPS=1',
+               "--gin.TASK_FEATURE_LENGTHS={'speech': 8, 'text': 8}", '--gin.TEXT_VOCAB_SIZE=64'])
+  assert not os.path.exists(tmp_path / 'run')  # nothing written for a run that cannot start
+
+
 def test_help_explains_each_command():
   def help_text(*command):
     return subprocess.run([sys.executable, '-m', 'zipper_jax.main', *command, '--help'],

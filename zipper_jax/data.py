@@ -13,6 +13,15 @@ from zipper_jax.feature_converter import ZipperFeatureConverter
 HOST_SHARDING = ('examples', 'global_batch')
 
 
+def mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
+  """The registered seqio task or mixture `name`, or an error that says how to register it."""
+  if name not in seqio.TaskRegistry.names() | seqio.MixtureRegistry.names():
+    raise ValueError(f'no seqio task or mixture is named {name!r}: import the module that '
+                     'registers it first, e.g. with a line `import tasks.speech_text` in a gin '
+                     'file')
+  return seqio.get_mixture_or_task(name)
+
+
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                 towers: Sequence[str], batch_size: int, *, split: str = 'train',
                 shuffle: bool = True, seed: int | None = 0, pack: bool = False,
@@ -37,6 +46,7 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   if missing:
     raise ValueError(f'TASK_FEATURE_LENGTHS={dict(task_feature_lengths)} lacks towers '
                      f'{sorted(missing)}')
+  mixture_or_task(mixture_or_task_name)
   by_examples = host_sharding == 'examples'
   ds = seqio.get_dataset(
       mixture_or_task_name, {t: task_feature_lengths[t] for t in towers}, dataset_split=split,

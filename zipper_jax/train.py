@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import seqio
 import tqdm
 from clu import metric_writers
 
@@ -75,6 +74,7 @@ def train(model: Model = gin.REQUIRED, *,
   if batch_size % num_microbatches:
     raise ValueError(f'batch_size={batch_size} is not a multiple of '
                      f'num_microbatches={num_microbatches}')
+  features = data.mixture_or_task(mixture_or_task_name).output_features
   rng = jax.random.key(seed)
   towers = model.towers
   example = batch_lib.dummy_batch(towers, task_feature_lengths, batch_size)
@@ -98,7 +98,6 @@ def train(model: Model = gin.REQUIRED, *,
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
       f.write(gin.config_str())
-    features = seqio.get_mixture_or_task(mixture_or_task_name).output_features
     vocabularies.save_vocabularies(model_dir, {t: features[t].vocabulary for t in towers})
   restored = checkpointer.restore_latest(abstract_params, abstract_opt)
   if restored is not None:
@@ -165,15 +164,15 @@ def train(model: Model = gin.REQUIRED, *,
                       'mfu': rate * flops_per_step / peak}
           writer.write_scalars(step, summary)
           progress.set_postfix(loss=f'{summary["loss"]:.3f}', mfu=f'{summary["mfu"]:.1%}')
-          if progress.disable and jax.process_index() == 0:
-            print(f'step {step:6d}  ' + '  '.join(
-                f'{k} {v:.4g}' for k, v in sorted(summary.items())), flush=True)
+          if progress.disable:
+            _print_scalars(step, summary)
         if eval_every and step % eval_every == 0:
-          writer.write_scalars(step, evaluate(
+          results = evaluate(
               model, state.all_params, eval_task or mixture_or_task_name, task_feature_lengths,
               batch_size, split=eval_split, max_batches=eval_batches, seed=seed,
-              partitioner=partitioner) | run_hooks(eval_hooks, step, model,
-                                                            state.all_params))
+              partitioner=partitioner) | run_hooks(eval_hooks, step, model, state.all_params)
+          writer.write_scalars(step, results)
+          _print_scalars(step, results)
         if step % checkpoint_every == 0 or step == train_steps:
           last_good = save()
       if preemption.requested and last_good != step:
@@ -209,6 +208,13 @@ def _check_finite(pending, checkpointer, last_good) -> dict:
           f'loss is {metrics["loss"]} at step {step}; stopping. The last good checkpoint is '
           f'step {last_good} in {checkpointer.directory}')
   return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _print_scalars(step: int, scalars: Mapping[str, float]) -> None:
+  """One line on process 0, above the progress bar if there is one."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(f'step {step:6d}  ' + '  '.join(f'{k} {v:.4g}'
+                                                    for k, v in sorted(scalars.items())))
 
 
 def run_hooks(hooks, step, model, params) -> dict:
