@@ -28,7 +28,8 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zipper_jax import batch as batch_lib, configurables, flops, freezing, models, steps  # noqa: E402
+from zipper_jax import batch as batch_lib, configurables, flops, freezing  # noqa: E402
+from zipper_jax import models, steps  # noqa: E402
 from zipper_jax.tower import TowerConfig  # noqa: E402
 from zipper_jax.zipper import ZipperConfig  # noqa: E402
 
@@ -141,8 +142,9 @@ def main(argv=None) -> dict:
     tokens = batch_size * sum(lengths[t] for t in model.towers)
     results['variants'][name] = {
         'step_seconds': seconds, 'tokens_per_second': tokens / seconds,
-        'flops_per_step': exact, 'xla_flops_per_step': xla, 'flops_ratio_xla_over_exact':
-            xla / exact, 'achieved_flops_per_second': exact / seconds, 'mfu': exact / seconds / peak}
+        'flops_per_step': exact, 'xla_flops_per_step': xla,
+        'flops_ratio_xla_over_exact': xla / exact, 'achieved_flops_per_second': exact / seconds,
+        'mfu': exact / seconds / peak}
     print(json.dumps({name: results['variants'][name]}), file=sys.stderr, flush=True)
 
   v = results['variants']

@@ -6,7 +6,6 @@ import os
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf

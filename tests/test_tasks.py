@@ -64,7 +64,8 @@ def test_single_decoder_sequence_puts_speech_past_the_text_vocabulary(corpus):
 
 
 def test_fractions_are_nested(corpus):
-  texts = {name: {text_of(ex) for ex in examples(name)} for name in ('asr_1pct', 'asr_10pct', 'asr')}
+  texts = {name: {text_of(ex) for ex in examples(name)}
+           for name in ('asr_1pct', 'asr_10pct', 'asr')}
   assert len(texts['asr_1pct']) == 2 and len(texts['asr_10pct']) == 20
   assert len(texts['asr']) == SIZES['aligned']
   assert texts['asr_1pct'] < texts['asr_10pct'] < texts['asr']
@@ -121,7 +122,8 @@ def test_bad_data_is_named_with_task_and_feature():
                      match=r"task empty_text, feature text: an empty sequence"):
     empty()
   missing = _bad_task('missing_text', {'speech': [[3, 4]]})
-  with pytest.raises(ValueError, match=r"task 'missing_text': examples lack feature\(s\) \['text'\]"):
+  with pytest.raises(ValueError,
+                     match=r"task 'missing_text': examples lack feature\(s\) \['text'\]"):
     missing()
 
 
@@ -130,6 +132,7 @@ def test_vocabularies_travel_with_a_run(corpus, tmp_path):
   loaded = load_vocabularies(str(tmp_path))
   assert loaded['speech'] == SPEECH
   assert loaded['text'].encode('the red dog') == TEXT.encode('the red dog')
-  assert SPEECH.encode([0, 1023]) == [1, 1024] and SPEECH.decode([1025, 1, 1024, 1026, 0]) == [0, 1023]
+  assert SPEECH.encode([0, 1023]) == [1, 1024]
+  assert SPEECH.decode([1025, 1, 1024, 1026, 0]) == [0, 1023]
   with pytest.raises(ValueError, match='outside'):
     SPEECH.encode([1024])

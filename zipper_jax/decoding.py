@@ -160,7 +160,8 @@ def beam_search(decoder: Decoder, params, prompt: Mapping[str, TowerInput], *, b
     rank = candidates / jnp.repeat(_length_penalty(candidate_lengths, length_penalty), vocab, -1)
     _, best = jax.lax.top_k(rank, beam_size)
     parent, token = best // vocab, (best % vocab).astype(jnp.int32)
-    from_parent = lambda x: jnp.take_along_axis(x, parent.reshape(parent.shape + (1,) * (x.ndim - 2)), 1)
+    from_parent = lambda x: jnp.take_along_axis(
+        x, parent.reshape(parent.shape + (1,) * (x.ndim - 2)), 1)
     scores = jnp.take_along_axis(candidates, best, 1)
     tokens = from_parent(tokens).at[:, :, step].set(token)
     was_finished = from_parent(finished)
