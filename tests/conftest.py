@@ -62,6 +62,14 @@ def two_way_zipper():
   return model, open_gates(init(model, asr_inputs()))
 
 @pytest.fixture(scope='session')
+def clocked_zipper():
+  """Cross-attention on a shared clock: a text token lasts three speech tokens."""
+  model = Zipper(ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY,
+                              cross_attention_clock={'text': 3.0, 'speech': 1.0}))
+  return model, open_gates(init(model, asr_inputs()))
+
+
+@pytest.fixture(scope='session')
 def corpus():
   """The toy corpus's sentences, written to $ZIPPER_CORPUS_DIR once per test process."""
   from zipper_jax import synthetic_corpus

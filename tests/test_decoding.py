@@ -25,9 +25,10 @@ def tts_prompt():
   return {'text': text, 'speech': speech}
 
 
+@pytest.mark.parametrize('zipper', ['two_way_zipper', 'clocked_zipper'])
 @pytest.mark.parametrize('output, prompt', [('text', asr_prompt), ('speech', tts_prompt)])
-def test_cached_zipper_decoding_matches_recomputation(two_way_zipper, output, prompt):
-  model, params = two_way_zipper
+def test_cached_zipper_decoding_matches_recomputation(request, zipper, output, prompt):
+  model, params = request.getfixturevalue(zipper)
   decoder = decoding.Decoder.for_zipper(model, output)
   cached = decoding.generate(decoder, params, prompt(), max_new_tokens=NEW, eos_id=None,
                              return_logits=True)

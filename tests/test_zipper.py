@@ -72,6 +72,25 @@ def test_asr_layout_is_causal(two_way_zipper):
   np.testing.assert_array_equal(before['speech'], after['speech'])
 
 
+@pytest.mark.parametrize('zipper, sees_time', [('two_way_zipper', False),
+                                               ('clocked_zipper', True)])
+def test_only_a_clock_makes_cross_attention_see_when_a_token_was(request, zipper, sees_time):
+  """Delaying all of the speech (its own positions + 5: its self-attention, being relative, is
+  unchanged) moves it against the text only on the shared clock."""
+  model, params = request.getfixturevalue(zipper)
+  inputs = asr_inputs(text_length=6)
+  later = {**inputs, 'speech': inputs['speech'].replace(positions=inputs['speech'].positions + 5)}
+  before, _ = model.apply({'params': params}, inputs)
+  after, _ = model.apply({'params': params}, later)
+  np.testing.assert_allclose(before['speech'], after['speech'], atol=1e-5)
+  assert (np.abs(before['text'] - after['text']).max() > 1e-3) == sees_time
+
+
+def test_a_clock_names_every_tower():
+  with pytest.raises(ValueError, match='ticks per token for exactly the towers'):
+    ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY, cross_attention_clock={'text': 3.0})
+
+
 def test_three_alternating_segments_are_causal(two_way_zipper):
   """speech[0:4] text[0:3] speech[4:8]: interleaved positions 0-3, 4-6, 7-10."""
   model, params = two_way_zipper

@@ -10,7 +10,8 @@ Choices where the paper is silent:
     cross-attention at that depth (so two-way edges at equal depths update both towers at once).
   * Block l of a tower of depth L_q reads block round((l + 1) * L_k / L_q) - 1 of a tower of depth
     L_k, rounding halves up and clamping at block 0.
-  * No rotary embedding in cross-attention: order between towers is carried by the mask alone.
+  * No rotary embedding in cross-attention by default: order between towers is carried by the
+    mask alone. `cross_attention_clock` puts every tower's positions on one clock instead.
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ class ZipperConfig:
   towers: Mapping[str, TowerConfig]
   edges: tuple[Edge, ...]
   input_projection: str = 'residual'
+  # Tower -> clock ticks per token: cross-attention then rotates queries and keys by their
+  # positions on one shared clock (say 40 ms ticks: speech at 25 Hz is 1.0, text at ~3.6 tokens
+  # a second is 7.0), a prior for monotonic alignment. None: no positions (the paper).
+  cross_attention_clock: Mapping[str, float] | None = None
 
   def __post_init__(self):
     # Edges may be given as (query, key, interval) tuples, as gin files do.
@@ -58,6 +63,10 @@ class ZipperConfig:
       if edge.query == edge.key or edge.interval < 1 or (edge.query, edge.key) in seen:
         raise ValueError(f'{edge}: an edge joins two different towers, once, with interval >= 1')
       seen.add((edge.query, edge.key))
+    clock = self.cross_attention_clock
+    if clock is not None and set(clock) != set(self.towers):
+      raise ValueError(f'cross_attention_clock={dict(clock)} must give ticks per token for '
+                       f'exactly the towers {sorted(self.towers)}')
 
   def cross_layers(self, name: str) -> list[tuple[int, Edge, int]]:
     """(query block, edge, aligned key block) for every cross-attention into tower `name`."""
@@ -70,6 +79,12 @@ class ZipperConfig:
 def aligned_block(block: int, query_depth: int, key_depth: int) -> int:
   """The key tower's block at the same relative depth as the query tower's `block`."""
   return max(0, math.floor((block + 1) * key_depth / query_depth + 0.5) - 1)
+
+
+def clock(config: ZipperConfig, edge: Edge) -> tuple[float, float] | None:
+  if config.cross_attention_clock is None:
+    return None
+  return config.cross_attention_clock[edge.query], config.cross_attention_clock[edge.key]
 
 
 def cross_name(edge: Edge, block: int) -> str:
@@ -101,21 +116,27 @@ class CrossAttentionBlock(nn.Module):
   """Flamingo-style gated cross-attention and MLP; one module serves every edge and depth.
 
   h += tanh(g_attn) * XAttn(norm(h), proj(norm(key_states)));  h += tanh(g_mlp) * MLP(norm(h)).
-  Gates start at 0, so a fresh block is the identity.
+  Gates start at 0, so a fresh block is the identity. With a `clock`, queries and keys are
+  rotated by their own tower's positions times its ticks per token (`cross_attention_clock`).
   """
   config: TowerConfig  # of the query tower: width and heads follow it
+  clock: tuple[float, float] | None = None  # (query, key) ticks per token; None: no rotary
 
   @nn.compact
   def __call__(self, h, inputs: TowerInput, key_states=None, key_inputs: TowerInput | None = None,
                cache: KVCache | None = None):
     """Reads the key tower from `key_states` if given, else from `cache`; returns (h, cache)."""
     c = self.config
-    attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim, None, c.dtype,
-                          c.param_dtype, name='attention')
+    attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim,
+                          None if self.clock is None else c.rope_theta, c.dtype, c.param_dtype,
+                          name='attention')
+    on_clock = lambda tower_input, side: (
+        None if self.clock is None else tower_input.positions * self.clock[side])
     if key_states is not None:
+      normed = RMSNorm(c.norm_epsilon, c.dtype, name='key_norm')(key_states)
       projected = Dense(c.embed_dim, ('key_embed', 'embed'), dtype=c.dtype,
-                        param_dtype=c.param_dtype, name='key_projection')(RMSNorm(c.norm_epsilon, c.dtype, name='key_norm')(key_states))
-      keys, values = attention.project_kv(projected)
+                        param_dtype=c.param_dtype, name='key_projection')(normed)
+      keys, values = attention.project_kv(projected, on_clock(key_inputs, 1))
       cache = KVCache.full(keys, values, key_inputs.interleaved_positions,
                            key_inputs.segment_ids)
     mask = attention_mask(inputs.interleaved_positions, inputs.segment_ids, cache.positions,
@@ -123,7 +144,8 @@ class CrossAttentionBlock(nn.Module):
     gate = lambda name: jnp.tanh(self.param(name, partitioned(nn.initializers.zeros, ()), (),
                                             jnp.float32)).astype(c.dtype)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
-    h = h + gate('attention_gate') * attention.attend(x, cache.keys, cache.values, mask)
+    h = h + gate('attention_gate') * attention.attend(x, cache.keys, cache.values, mask,
+                                                      on_clock(inputs, 0))
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
     h = h + gate('mlp_gate') * MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
     return constrain(h, ('batch', 'length', 'embed')), cache
@@ -144,7 +166,7 @@ class Zipper(nn.Module):
     # Cross-attention blocks are rematerialised as their query tower's blocks are.
     self.cross = {
         cross_name(edge, block): rematerialised(CrossAttentionBlock, c.towers[name].remat)(
-            c.towers[name], name=cross_name(edge, block))
+            c.towers[name], clock(c, edge), name=cross_name(edge, block))
         for name in c.towers for block, edge, _ in c.cross_layers(name)}
 
   def __call__(self, inputs: Mapping[str, TowerInput], caches: dict | None = None):
