@@ -4,6 +4,7 @@ A micro corpus (a few dozen utterances, real synthesis, a real 1024-unit tokeniz
 `micro_corpus`) is built once per test session; the tiny corpus's own figures come from
 `zipper corpus stats`.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -50,6 +51,21 @@ def test_plan_is_disjoint_seeded_and_keeps_test_other_voices_unseen():
     corpus.plan(SENTENCES, {**MICRO_CORPUS, 'text_only': len(SENTENCES) + 1 - spoken}, seed=0)
 
 
+def test_a_size_chooses_voices_rates_and_sentence_length():
+  size = corpus.CorpusSize({'text_only': 20, 'speech_only': 20, 'aligned': 20, 'validation': 5,
+                            'test_clean': 5, 'test_other': 5}, voices=('flite/slt',),
+                           rates=(1.0,), max_words=6)
+  varied = [('fortunes', ' '.join(['word'] * (3 + i % 6)) + f' {i}') for i in range(200)]
+  utterances = corpus.plan(varied, size, seed=0)
+  assert all(len(u.text.split()) <= 6 for u in utterances)
+  spoken = [u for u in utterances if u.split not in ('text_only', 'test_other')]
+  assert {(u.voice, u.rate) for u in spoken} == {('flite/slt', 1.0)}
+  fitting = sum(len(text.split()) <= 6 for _, text in varied)
+  too_many = {**size.splits, 'text_only': fitting + 1 - len(utterances) + 20}
+  with pytest.raises(ValueError, match=f'the sources give {fitting} of at most 6 words'):
+    corpus.plan(varied, dataclasses.replace(size, splits=too_many), seed=0)
+
+
 def test_build_writes_disjoint_splits_readable_by_tfds(micro_corpus):
   manifests = {split: corpus.read_manifest(micro_corpus, split) for split in corpus.SPLITS}
   texts = [line['text'] for lines in manifests.values() for line in lines]
@@ -79,9 +95,24 @@ def test_same_seed_rebuilds_the_same_units(micro_corpus, tmp_path):
     assert corpus.read_manifest(str(tmp_path), split) == corpus.read_manifest(micro_corpus, split)
 
 
+def test_stats_describe_each_split(micro_corpus):
+  table = corpus.stats(micro_corpus, judged_utterances=0)
+  assert table['text_only'] == {'utterances': MICRO_CORPUS['text_only']}
+  aligned = table['aligned']
+  assert aligned['utterances'] == MICRO_CORPUS['aligned'] and aligned['hours'] > 0
+  assert 24 < aligned['units_per_second'] < 26  # 25 Hz, give or take the last frame
+  assert 2 < aligned['units_per_token'] < 12
+
+
 def test_a_folder_keeps_the_request_it_was_built_for(micro_corpus):
   with pytest.raises(ValueError, match='holds a corpus built with'):
     corpus.build(micro_corpus, MICRO_CORPUS, seed=4)
+
+
+def test_a_folder_built_for_another_meaning_of_a_size_name_is_refused(tmp_path):
+  (tmp_path / 'request.json').write_text(json.dumps({'size': 'tiny', 'seed': 0}))
+  with pytest.raises(ValueError, match='holds a corpus built with'):
+    corpus.check_request(str(tmp_path), 'tiny', seed=0)
 
 
 def test_interrupted_build_resumes_without_redoing_finished_work(micro_corpus, tmp_path,

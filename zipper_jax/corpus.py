@@ -8,11 +8,13 @@ Stages, each kept when done and redone only when its output is missing (an inter
 resumes where it stopped; every file is written whole or not at all). `build` runs 1-2 and
 writes utterances/<split>.jsonl; `prepare` runs the rest, on any audio listed there:
 
-  1. sentences: `corpus_text` sources, shuffled with the seed, split disjointly by sentence into
-     text_only / speech_only / aligned / validation / test_clean / test_other; each utterance
-     gets a voice and rate (and, for test_other, noise) from the seed.
+  1. sentences: `corpus_text` sources (up to the size's `max_words`), shuffled with the seed,
+     split disjointly by sentence into text_only / speech_only / aligned / validation /
+     test_clean / test_other; each utterance gets a voice and rate (and, for test_other, noise)
+     from the seed.
   2. audio/<split>/<id>.flac: 16 kHz speech. Training splits and test_clean are spoken by the
-     flite voices; test_other by a held-out Piper voice at changed rates with noise.
+     size's flite voices (`tiny`: one; the others: four, at three rates); test_other by a
+     held-out Piper voice at changed rates with noise.
   3. speech_tokenizer/: MFCC k-means (1024 units, 25 Hz) fitted on speech_only.
   4. manifest/<split>.jsonl: the utterances' lines plus "units" and "duration" (text_only
      lines have neither, nor audio): {"id", "text", "units", "voice", "rate", "snr_db",
@@ -31,24 +33,37 @@ import functools
 import json
 import os
 import tempfile
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from zipper_jax import (atomic_files, audio, corpus_text, parallel, speech_synthesis,
                         text_normalization)
 
 SPLITS = ('text_only', 'speech_only', 'aligned', 'validation', 'test_clean', 'test_other')
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSize:
+  """Sentences per split (a count, or a fraction of what the counts leave), who speaks the
+  training splits and test_clean (voices, at rates), and the longest sentence in words."""
+  splits: Mapping[str, int | float]
+  voices: tuple[str, ...] = speech_synthesis.FLITE_VOICES
+  rates: tuple[float, ...] = (0.85, 1.0, 1.15)
+  max_words: int = corpus_text.MAX_WORDS
+
+
 SIZES = {
-    'tiny': {'text_only': 4000, 'speech_only': 1500, 'aligned': 1500, 'validation': 100,
-             'test_clean': 100, 'test_other': 100},
-    'small': {'text_only': 30000, 'speech_only': 20000, 'aligned': 20000, 'validation': 500,
-              'test_clean': 1000, 'test_other': 1000},
+    # The demo's: one voice and short sentences, so that a tiny model learns ASR in minutes;
+    # text costs no synthesis, so there is plenty of it.
+    'tiny': CorpusSize({'text_only': 20000, 'speech_only': 1000, 'aligned': 4000,
+                        'validation': 100, 'test_clean': 100, 'test_other': 100},
+                       voices=('flite/slt',), rates=(1.0,), max_words=10),
+    'small': CorpusSize({'text_only': 30000, 'speech_only': 20000, 'aligned': 20000,
+                         'validation': 500, 'test_clean': 1000, 'test_other': 1000}),
     # Everything the sources give: test sets as `small`, the rest 40/30/30.
-    'full': {'text_only': 0.4, 'speech_only': 0.3, 'aligned': 0.3, 'validation': 500,
-             'test_clean': 1000, 'test_other': 1000},
+    'full': CorpusSize({'text_only': 0.4, 'speech_only': 0.3, 'aligned': 0.3, 'validation': 500,
+                        'test_clean': 1000, 'test_other': 1000}),
 }
-TRAIN_VOICES = speech_synthesis.FLITE_VOICES
-TRAIN_RATES = (0.85, 1.0, 1.15)
 TEST_OTHER_VOICES = speech_synthesis.PIPER_VOICES
 TEST_OTHER_RATES = (0.8, 1.25)
 TEST_OTHER_SNR_DB = 15.0
@@ -73,20 +88,30 @@ class Utterance:
     return os.path.join(corpus_dir, 'audio', self.split, f'{self.id}.flac')
 
 
-def split_sizes(size: str | dict, available: int) -> dict[str, int]:
-  sizes = SIZES[size] if isinstance(size, str) else size
-  fixed = sum(n for n in sizes.values() if isinstance(n, int))
+def corpus_size(size: str | Mapping[str, int | float] | CorpusSize) -> CorpusSize:
+  """A named size (`SIZES`), or sentences per split with the default voices."""
+  if isinstance(size, CorpusSize):
+    return size
+  return SIZES[size] if isinstance(size, str) else CorpusSize(dict(size))
+
+
+def split_sizes(size: CorpusSize, available: int) -> dict[str, int]:
+  fixed = sum(n for n in size.splits.values() if isinstance(n, int))
   counts = {split: n if isinstance(n, int) else int(n * (available - fixed))
-            for split, n in sizes.items()}
+            for split, n in size.splits.items()}
   if sum(counts.values()) > available:
     raise ValueError(f'corpus size {counts} needs {sum(counts.values())} sentences; the '
-                     f'sources give {available}')
+                     f'sources give {available} of at most {size.max_words} words')
   return {split: counts[split] for split in SPLITS}
 
 
-def plan(sentences: Sequence[tuple[str, str]], size: str | dict, seed: int) -> list[Utterance]:
-  """Who says what: sentences shuffled with `seed` and cut into disjoint splits; voices, rates
-  and noise drawn from `seed` too."""
+def plan(sentences: Sequence[tuple[str, str]], size: str | Mapping | CorpusSize,
+         seed: int) -> list[Utterance]:
+  """Who says what: sentences of at most `size.max_words` words, shuffled with `seed` and cut
+  into disjoint splits; voices, rates and noise drawn from `seed` too."""
+  size = corpus_size(size)
+  sentences = [(source, text) for source, text in sentences
+               if len(text.split()) <= size.max_words]
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(sentences))
   utterances, start = [], 0
@@ -100,8 +125,8 @@ def plan(sentences: Sequence[tuple[str, str]], size: str | dict, seed: int) -> l
         utterances.append(Utterance(uid, split, text, source, str(rng.choice(TEST_OTHER_VOICES)),
                                     float(rng.choice(TEST_OTHER_RATES)), TEST_OTHER_SNR_DB))
       else:
-        utterances.append(Utterance(uid, split, text, source, str(rng.choice(TRAIN_VOICES)),
-                                    float(rng.choice(TRAIN_RATES))))
+        utterances.append(Utterance(uid, split, text, source, str(rng.choice(size.voices)),
+                                    float(rng.choice(size.rates))))
     start += count
   return utterances
 
@@ -139,12 +164,12 @@ def _encode(job: tuple[str, str]) -> tuple[list[int], float]:
   return _tokenizer(tokenizer_dir).encode(wav).tolist(), len(wav) / audio.SAMPLE_RATE
 
 
-def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | None = None,
-          sentences: Sequence[tuple[str, str]] | None = None) -> dict:
+def build(out: str, size: str | Mapping | CorpusSize = 'tiny', seed: int = 0,
+          workers: int | None = None, sentences: Sequence[tuple[str, str]] | None = None) -> dict:
   """Builds (or finishes building) the embedded corpus in `out`; returns its metadata."""
   workers = workers or os.cpu_count()
-  request = {'size': size, 'seed': seed}
-  _check_same_request(out, request)
+  size = corpus_size(size)
+  request = check_request(out, size, seed)
   missing = corpus_text.missing_packages()
   if missing and sentences is None:
     raise RuntimeError(f'Debian packages {missing} are needed to build the corpus: '
@@ -159,9 +184,8 @@ def build(out: str, size: str | dict = 'tiny', seed: int = 0, workers: int | Non
     if not os.path.exists(path):
       _write_jsonl(path, [_utterance_line(u, out) for u in utterances if u.split == split])
   return prepare(out, seed, workers, {
-      **request, 'train_voices': TRAIN_VOICES, 'train_rates': TRAIN_RATES,
-      'test_other': {'voices': TEST_OTHER_VOICES, 'rates': TEST_OTHER_RATES,
-                     'snr_db': TEST_OTHER_SNR_DB},
+      **request, 'test_other': {'voices': TEST_OTHER_VOICES, 'rates': TEST_OTHER_RATES,
+                                'snr_db': TEST_OTHER_SNR_DB},
       'sources': {s.name: {'debian_package': s.debian_package, 'licence': s.licence,
                            'sentences': sum(u.source == s.name for u in utterances)}
                   for s in corpus_text.SOURCES}})
@@ -218,7 +242,10 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
   return metadata
 
 
-def _check_same_request(out: str, request: dict) -> None:
+def check_request(out: str, size: str | Mapping | CorpusSize, seed: int) -> dict:
+  """Records what `out` is built for, or checks it against the record: what a size means,
+  not its name, so that a folder built for an older `tiny` is not taken for today's."""
+  request = {'size': dataclasses.asdict(corpus_size(size)), 'seed': seed}
   path = os.path.join(out, 'request.json')
   if os.path.exists(path):
     with open(path) as f:
@@ -226,8 +253,9 @@ def _check_same_request(out: str, request: dict) -> None:
     if previous != json.loads(json.dumps(request)):
       raise ValueError(f'{out} holds a corpus built with {previous}, not {request}: choose '
                        'another --out, or delete the folder to rebuild')
-    return
-  atomic_files.write_json(path, request)
+  else:
+    atomic_files.write_json(path, request)
+  return request
 
 
 def _write_jsonl(path: str, lines: Iterable[dict]) -> None:
@@ -267,12 +295,15 @@ def read_manifest(corpus_dir: str, split: str, kind: str = 'manifest') -> list[d
 
 
 def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = None) -> dict:
-  """Per split: utterances, hours, units per second, and the judge's WER on a sample of the
-  original audio and of its ground-truth units resynthesised: the floor and the ceiling of the
-  TTS protocol."""
+  """Per split: utterances, hours, units per second, units per text token (the text tower's
+  ticks on a cross-attention clock), and the judge's WER on a sample of the original audio and
+  of its ground-truth units resynthesised: the floor and the ceiling of the TTS protocol."""
+  import sentencepiece
   from zipper_jax import tts_protocol
   if not os.path.exists(os.path.join(corpus_dir, 'metadata.json')):
     raise FileNotFoundError(f'{corpus_dir}: no finished corpus (metadata.json is missing)')
+  text_vocabulary = sentencepiece.SentencePieceProcessor(
+      model_file=os.path.join(corpus_dir, 'text_vocab.model'))
   table = {}
   for split in SPLITS:
     lines = read_manifest(corpus_dir, split)
@@ -280,8 +311,11 @@ def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = No
     spoken = [line for line in lines if 'duration' in line]  # encoded from audio
     if spoken:
       seconds = sum(line['duration'] for line in spoken)
-      row.update(hours=round(seconds / 3600, 3),
-                 units_per_second=round(sum(len(line['units']) for line in spoken) / seconds, 2))
+      units = sum(len(line['units']) for line in spoken)
+      tokens = sum(len(text_vocabulary.encode(text_normalization.normalize_transcript(
+          line['text']))) for line in spoken)
+      row.update(hours=round(seconds / 3600, 3), units_per_second=round(units / seconds, 2),
+                 units_per_token=round(units / tokens, 2))
       if judged_utterances:
         judged = spoken[:judged_utterances]
         figures = tts_protocol.reference_figures(
@@ -295,8 +329,8 @@ def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = No
 
 
 def format_stats(table: dict) -> str:
-  columns = ('utterances', 'hours', 'units_per_second', 'judge_wer', 'judge_wer_resynthesized',
-             'judged')
+  columns = ('utterances', 'hours', 'units_per_second', 'units_per_token', 'judge_wer',
+             'judge_wer_resynthesized', 'judged')
   lines = ['| split | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
   for split, row in table.items():
     lines.append(f'| {split} | ' + ' | '.join(str(row.get(c, '')) for c in columns) + ' |')
