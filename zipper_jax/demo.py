@@ -25,8 +25,8 @@ SHAPES = '--gin_file=gin/models/tiny.gin'
 # Cross-attention on a shared clock: the Zipper learns ASR that generalises from this little
 # data only with it (README).
 ZIPPER_MODEL = 'zipper_clocked'
-# Long enough for every utterance of the tiny corpus (speech <= 376 units, text <= 85 tokens);
-# examples are packed, so short ones do not pay for the length.
+# Rows of packed examples: several utterances of the tiny corpus (speech <= 137 units, text <= 45
+# tokens) to a row, and any utterance of the sizes with sentences of up to 30 words.
 LENGTHS = {'speech': 384, 'text': 96}
 SINGLE_LENGTHS = {'single': LENGTHS['speech'] + LENGTHS['text']}
 
