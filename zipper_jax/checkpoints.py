@@ -67,6 +67,17 @@ def save_params(model_dir: str, params, meta: dict[str, Any]) -> None:
   manager.close()
 
 
+def latest_step(model_dir: str) -> int | None:
+  """The newest finished checkpoint's step of the run in `model_dir`, None if it has none."""
+  directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  manager.close()
+  return step
+
+
 def load_params(model_dir: str, abstract_params=None, sharding=None):
   """The parameters of the newest readable checkpoint of the run in `model_dir`.
 

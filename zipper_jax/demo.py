@@ -20,6 +20,8 @@ import json
 import os
 import time
 
+from zipper_jax import checkpoints
+
 WORKDIR = 'runs/demo'
 SHAPES = '--gin_file=gin/models/tiny.gin'
 # Cross-attention on a shared clock: the Zipper learns ASR that generalises from this little
@@ -39,17 +41,10 @@ def _zipper(*args: str) -> None:
   main.main(list(args))
 
 
-def _finished_step(model_dir: str) -> int | None:
-  """The newest checkpoint's step of a run, None if it has none."""
-  directory = os.path.join(model_dir, 'checkpoints')
-  steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
-  return max(steps, default=None)
-
-
 def train_stage(args, name: str, run_file: str, task: str, lengths: dict, steps: int,
                 batch_size: int, *bindings: str) -> str:
   model_dir = os.path.join(args.workdir, name)
-  if _finished_step(model_dir) == steps:
+  if checkpoints.latest_step(model_dir) == steps:
     print(f'   {model_dir} is trained ({steps} steps): reused', flush=True)
     return model_dir
   _zipper('train', SHAPES, f'--gin_file=gin/runs/{run_file}.gin',
@@ -67,7 +62,7 @@ def eval_stage(args, model_dir: str, model_file: str, tasks: list[str], lengths:
   done = os.path.join(model_dir, 'eval', 'test_clean.json')
   if os.path.exists(done):
     with open(done) as f:
-      if json.load(f)['step'] == _finished_step(model_dir):
+      if json.load(f)['step'] == checkpoints.latest_step(model_dir):
         print(f'   {model_dir} is evaluated: reused', flush=True)
         return
   _zipper('eval', SHAPES, f'--gin_file=gin/models/{model_file}.gin',
