@@ -69,13 +69,17 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
   params = checkpoints.load_params(str(tmp_path / 'run'))
   assert np.all(np.isfinite(params['speech']['block_0']['mlp']['up']['kernel']))
 
-  results = main.main(['eval', '--gin_file=gin/models/tiny.gin', '--gin_file=gin/models/zipper.gin',
-                       '--gin_file=gin/runs/eval.gin', f'--gin.TEXT_VOCAB_SIZE={TEXT_VOCAB}',
-                       f'--gin.SPEECH_VOCAB_SIZE={SPEECH_VOCAB}',
-                       f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.EVAL_TASKS=['toy_asr']",
-                       "--gin.TASK_FEATURE_LENGTHS={'speech': 12, 'text': 6}",
-                       '--gin.BATCH_SIZE=8', '--gin.evaluate_checkpoint.max_batches=2'])
-  assert results == 0
+  evaluate = ['eval', '--gin_file=gin/models/tiny.gin', '--gin_file=gin/models/zipper.gin',
+              '--gin_file=gin/runs/eval.gin', f'--gin.TEXT_VOCAB_SIZE={TEXT_VOCAB}',
+              f'--gin.SPEECH_VOCAB_SIZE={SPEECH_VOCAB}', f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+              "--gin.EVAL_TASKS=['toy_asr']", "--gin.TASK_FEATURE_LENGTHS={'speech': 12, 'text': 6}",
+              '--gin.BATCH_SIZE=8', '--gin.evaluate_checkpoint.max_batches=2']
+  # Same parameter shapes, other wiring: refused, not scored wrong.
+  clocked = "--gin.ZipperConfig.cross_attention_clock={'text': 5.0, 'speech': 1.0}"
+  with pytest.raises(SystemExit, match=r'cross_attention_clock is .*5\.0.* here, None in the run'):
+    main.main(evaluate + [clocked])
+  assert not os.path.exists(tmp_path / 'run' / 'eval')
+  assert main.main(evaluate) == 0
   with open(tmp_path / 'run' / 'eval' / 'toy_asr.json') as f:
     written = json.load(f)
   assert 0 < written['eval/text/loss'] < 10 and written['eval/text/weight'] == 2 * 8 * 6

@@ -11,6 +11,7 @@ import/export, inference) take plain flags; see `zipper COMMAND --help`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -83,7 +84,9 @@ def initialize_distributed(args) -> None:
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool = True) -> None:
-  """Parses (and checks) the config; `finalize` also requires every `%gin.REQUIRED` macro."""
+  """Parses (and checks) the config, replacing any before it; `finalize` also requires every
+  `%gin.REQUIRED` macro."""
+  gin.clear_config(clear_constants=True)
   for path in (os.getcwd(), REPO_ROOT):
     gin.add_config_file_search_path(path)
   gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=finalize)
@@ -130,6 +133,35 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def require_model_of_run(args, bindings: Sequence[str]) -> None:
+  """`zipper eval` builds its model from the gin files it is given. One that differs from the
+  model MODEL_DIR was trained with can still load the checkpoint (say, without the cross-attention
+  clock) and would be scored silently wrong: refuse it."""
+  model_dir = gin.query_parameter('%MODEL_DIR')
+  given = gin.query_parameter('%MODEL').scoped_configurable_fn()
+  trained, _ = inference.run_model(model_dir)  # replaces the gin config...
+  parse_gin(args.gin_file, bindings)  # ...so ours is parsed again
+  if type(given) is not type(trained) or set(given.towers) != set(trained.towers):
+    found = (f'{type(given).__name__} of towers {given.towers} here, '
+             f'{type(trained).__name__} of towers {trained.towers} in the run')
+  else:
+    found = '; '.join(differences(given.module, trained.module, type(given.module).__name__))
+  if found:
+    raise SystemExit(f'the model of {args.gin_file} is not the one {model_dir} was trained with '
+                     f'(its config.gin): {found}. Give the model gin files of that run.')
+
+
+def differences(given, trained, path: str) -> list[str]:
+  """Where two configurations differ: 'path is <given> here, <trained> in the run' each."""
+  if type(given) is type(trained) and dataclasses.is_dataclass(given):
+    fields = [f.name for f in dataclasses.fields(given) if f.name not in ('parent', 'name')]
+    return [d for f in fields
+            for d in differences(getattr(given, f), getattr(trained, f), f'{path}.{f}')]
+  if isinstance(given, Mapping) and isinstance(trained, Mapping) and given.keys() == trained.keys():
+    return [d for k in given for d in differences(given[k], trained[k], f'{path}[{k!r}]')]
+  return [] if given == trained else [f'{path} is {given!r} here, {trained!r} in the run']
+
+
 def run_gin_command(args, bindings: Sequence[str]) -> int:
   # A layout needs shapes only, not the run's directory, data or length.
   parse_gin(args.gin_file, bindings, finalize=args.command != 'layout')
@@ -139,6 +171,7 @@ def run_gin_command(args, bindings: Sequence[str]) -> int:
   elif args.command == 'layout':
     print_layout()
   else:
+    require_model_of_run(args, bindings)
     results = evaluate_checkpoint()
     print(json.dumps(results, indent=2))
   if args.print_config:
