@@ -26,8 +26,11 @@ def free_port() -> int:
 
 def launch(command: list[str], num_processes: int, devices_per_process: int) -> int:
   address = f'127.0.0.1:{free_port()}'
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  # The caller's other XLA flags (dumps, optimisation level) carry over; the device count is ours.
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=' '.join(
+      flags + [f'--xla_force_host_platform_device_count={devices_per_process}']))
   processes = [subprocess.Popen(
       [sys.executable, *command, f'--coordinator_address={address}',
        f'--num_processes={num_processes}', f'--process_id={i}'], env=env)

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import FAST_COMPILE
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MICRO = {'text_only': 60, 'speech_only': 30, 'aligned': 16, 'validation': 4, 'test_clean': 4,
          'test_other': 4}
@@ -15,6 +17,7 @@ MICRO = {'text_only': 60, 'speech_only': 30, 'aligned': 16, 'validation': 4, 'te
 def demo(workdir):
   # As a user runs it: its own corpus, one CPU device (not the tests' eight).
   env = {k: v for k, v in os.environ.items() if k not in ('ZIPPER_CORPUS_DIR', 'XLA_FLAGS')}
+  env['XLA_FLAGS'] = FAST_COMPILE
   done = subprocess.run(
       [sys.executable, '-m', 'zipper_jax.demo', f'--workdir={workdir}',
        f'--corpus_size={json.dumps(MICRO)}', '--text_pretrain_steps=3',

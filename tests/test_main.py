@@ -41,10 +41,12 @@ def test_an_unregistered_task_says_how_to_register_it(tmp_path):
   assert not os.path.exists(tmp_path / 'run')  # nothing written for a run that cannot start
 
 
-def test_help_explains_each_command():
+def test_help_explains_each_command(capsys):
   def help_text(*command):
-    return subprocess.run([sys.executable, '-m', 'zipper_jax.main', *command, '--help'],
-                          capture_output=True, text=True, cwd=REPO, check=True).stdout
+    with pytest.raises(SystemExit) as exit:
+      main.main([*command, '--help'])
+    assert exit.value.code == 0
+    return capsys.readouterr().out
   top = help_text()
   assert 'train' in top and 'eval' in top and '--gin.NAME=VALUE' in top
   assert 'resuming from MODEL_DIR' in help_text('train') and '--gin_file' in help_text('train')
