@@ -6,6 +6,10 @@ One Llama-shaped decoder, three ways, greedy, the same prompt length and number 
 our KV-cached `decoding.generate` (one compiled while-loop), our `greedy_without_cache` (every
 step recomputes the whole sequence), and `transformers`' `LlamaForCausalLM.generate` with its KV
 cache on PyTorch CPU (`requirements/bench.txt`). Batch 1 and 8.
+
+At batch 1 a decode step reads every weight once and does little else, so its ceiling is memory
+bandwidth: the roofline printed beside the rates is the bandwidth XLA reaches summing a large
+array, measured here, over the bytes of weights one token reads.
 """
 from __future__ import annotations
 
@@ -37,6 +41,18 @@ def timed(fn, repeats):
   return statistics.median(times)
 
 
+def measure_bandwidth(nbytes: int = 256 << 20, repeats: int = 10) -> float:
+  """Bytes/s of a jitted sum over an array far larger than the caches."""
+  array, total = jnp.ones((nbytes // 4,), jnp.float32), jax.jit(jnp.sum)
+  return nbytes / timed(lambda: total(array).block_until_ready(), repeats)
+
+
+def bytes_per_token(params) -> int:
+  """Weights a decode step reads: all of them but the embedding table, of which one row."""
+  table = params['embedder']['embedding']
+  return sum(x.nbytes for x in jax.tree.leaves(params)) - table.nbytes + table[0].nbytes
+
+
 def ours(prompt, new_tokens, repeats):
   model = Tower(CONFIG)
   inputs = {'tower': TowerInput.from_tokens(jnp.asarray(prompt))}
@@ -46,7 +62,7 @@ def ours(prompt, new_tokens, repeats):
       decoder, params, inputs, max_new_tokens=new_tokens, eos_id=None).tokens), repeats)
   full = timed(lambda: jax.block_until_ready(decoding.greedy_without_cache(
       decoder, params, inputs, max_new_tokens=new_tokens)[0]), repeats)
-  return cached, full
+  return cached, full, bytes_per_token(params)
 
 
 def transformers_generate(prompt, new_tokens, repeats):
@@ -77,19 +93,25 @@ def main(argv=None) -> dict:
   parser.add_argument('--batches', default='1,8')
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args(argv)
+  bandwidth = measure_bandwidth()
   results = {'config': {k: str(v) for k, v in vars(CONFIG).items()},
-             'prompt_length': args.prompt_length, 'new_tokens': args.new_tokens, 'batches': {}}
+             'prompt_length': args.prompt_length, 'new_tokens': args.new_tokens,
+             'bandwidth_bytes_per_second_measured': bandwidth, 'batches': {}}
   for batch in map(int, args.batches.split(',')):
     prompt = np.random.default_rng(batch).integers(1, CONFIG.vocab_size,
                                                    (batch, args.prompt_length))
-    cached, full = ours(prompt, args.new_tokens, args.repeats)
+    cached, full, weight_bytes = ours(prompt, args.new_tokens, args.repeats)
     hf, torch_version, hf_version = transformers_generate(prompt, args.new_tokens, args.repeats)
     rate = lambda seconds: batch * args.new_tokens / seconds
+    # Decode steps alone; every measured time also holds the prompt's prefill.
+    roofline = batch * bandwidth / weight_bytes
     results['batches'][batch] = {
         'cached_tokens_per_second': rate(cached),
         'full_recomputation_tokens_per_second': rate(full),
         'transformers_tokens_per_second': rate(hf),
-        'cached_over_transformers': hf / cached, 'cached_over_full_recomputation': full / cached}
+        'cached_over_transformers': hf / cached, 'cached_over_full_recomputation': full / cached,
+        'roofline_tokens_per_second': roofline, 'cached_over_roofline': rate(cached) / roofline}
+    results['weight_bytes_per_token'] = weight_bytes
     results['versions'] = {'jax': jax.__version__, 'torch': torch_version,
                            'transformers': hf_version}
   print(json.dumps(results, indent=2))
