@@ -93,6 +93,11 @@ def test_same_seed_rebuilds_the_same_units(micro_corpus, tmp_path):
   corpus.build(str(tmp_path), MICRO_CORPUS, seed=MICRO_SEED, workers=2)
   for split in corpus.SPLITS:
     assert corpus.read_manifest(str(tmp_path), split) == corpus.read_manifest(micro_corpus, split)
+  with open(tmp_path / 'metadata.json') as f:
+    built = json.load(f)
+  # `zipper corpus prepare` over a built corpus keeps how it was built.
+  assert corpus.prepare(str(tmp_path), seed=MICRO_SEED, workers=2) == built
+  assert 'sources' in built and 'test_other' in built
 
 
 def test_stats_describe_each_split(micro_corpus):

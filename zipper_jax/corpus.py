@@ -236,9 +236,13 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
       os.replace(os.path.join(scratch, 'text_vocab.model'), vocab_path)
 
   corpus_tfds.prepare(out)
+  metadata_path = os.path.join(out, 'metadata.json')
+  if description is None and os.path.exists(metadata_path):
+    with open(metadata_path) as f:
+      description = json.load(f)  # prepared again: keep how it was built
   metadata = {**(description or {}), 'splits': {s: len(m) for s, m in lines.items()},
               'sample_rate': audio.SAMPLE_RATE}
-  atomic_files.write_json(os.path.join(out, 'metadata.json'), metadata)
+  atomic_files.write_json(metadata_path, metadata)
   return metadata
 
 
