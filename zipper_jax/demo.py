@@ -34,10 +34,8 @@ SINGLE_LENGTHS = {'single': LENGTHS['speech'] + LENGTHS['text']}
 
 
 def _zipper(*args: str) -> None:
-  """One `zipper` command, in this process, from a clean gin config."""
-  import gin
+  """One `zipper` command, in this process (its gin parse replaces any config before it)."""
   from zipper_jax import main
-  gin.clear_config(clear_constants=True)
   main.main(list(args))
 
 
