@@ -41,8 +41,10 @@ SPEECH = TowerConfig(vocab_size=48, num_layers=3, embed_dim=24, num_heads=3, hea
                      mlp_dim=48)
 TWO_WAY = (Edge('text', 'speech', 1), Edge('speech', 'text', 1))
 
+
 def random_tokens(seed, shape, vocab, low=1):
   return jnp.asarray(np.random.default_rng(seed).integers(low, vocab, shape), jnp.int32)
+
 
 def asr_inputs(batch=2, speech_length=7, text_length=5, seed=0, speech_lengths=None):
   """Speech first, then text: text token j sits at interleaved position (#speech tokens) + j."""
@@ -53,19 +55,23 @@ def asr_inputs(batch=2, speech_length=7, text_length=5, seed=0, speech_lengths=N
                                 offset=jnp.asarray(lengths))
   return {'speech': speech, 'text': text}
 
+
 def open_gates(params, value=0.5):
   """The same parameters with every cross-attention gate set to `value` (fresh ones are 0)."""
   return jax.tree_util.tree_map_with_path(
       lambda path, x: jnp.full_like(x, value) if 'gate' in jax.tree_util.keystr(path) else x,
       params)
 
+
 def init(model, inputs, seed=0):
   return nn.unbox(jax.jit(model.init)(jax.random.key(seed), inputs))['params']
+
 
 @pytest.fixture(scope='session')
 def two_way_zipper():
   model = Zipper(ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY))
   return model, open_gates(init(model, asr_inputs()))
+
 
 @pytest.fixture(scope='session')
 def clocked_zipper():
@@ -81,10 +87,12 @@ def corpus():
   from zipper_jax import synthetic_corpus
   return synthetic_corpus.write_corpus(os.environ['ZIPPER_CORPUS_DIR'])
 
+
 # A real corpus, as small as it gets: synthesised speech, a 1024-unit tokenizer, a resynthesiser.
 MICRO_CORPUS = {'text_only': 60, 'speech_only': 30, 'aligned': 12, 'validation': 4,
                 'test_clean': 4, 'test_other': 4}
 MICRO_SEED = 3
+
 
 @pytest.fixture(scope='session')
 def micro_corpus(tmp_path_factory, worker_id):
