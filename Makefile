@@ -39,7 +39,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 -m "not slow" tests
 
 demo: $(STAMP)
-	$(PY) -m zipper_jax.demo
+	$(PY) -m zipper_jax.speech.demo
 
 # Benchmarks at a quick size (JSON to bench.json); they also need torch and transformers.
 bench: $(STAMP) requirements/bench.txt

@@ -23,5 +23,14 @@ setuptools.setup(
     # tensorflow-text declares the full `tensorflow` wheel, which would land beside tensorflow-cpu.
     install_requires=_requirements('base.txt') + _requirements('no-deps.txt'),
     extras_require={'test': _requirements('test.txt')},
-    entry_points={'console_scripts': ['zipper = zipper_jax.main:main']},
+    entry_points={
+        'console_scripts': ['zipper = zipper_jax.main:main'],
+        # Commands that products built on the framework add to `zipper` (zipper_jax/main.py).
+        'zipper.commands': [
+            'corpus = zipper_jax.speech.corpus:add_parser',
+            'transcribe_speak = zipper_jax.speech.inference:add_parser',
+            'report = zipper_jax.speech.report:add_parser',
+            'import_export = zipper_jax.interop.import_export:add_parser',
+        ],
+    },
 )

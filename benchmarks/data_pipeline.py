@@ -3,8 +3,8 @@ training step consumes, in one process.
 
   python benchmarks/data_pipeline.py     # prints JSON
 
-The corpus is generated in the real on-disk layout (`zipper_jax.synthetic_corpus`) at speech-
-like lengths: 6 units per character, about 300 units and 15 text tokens an utterance.
+The corpus is generated in the real on-disk layout (`zipper_jax.speech.synthetic_corpus`) at
+speech-like lengths: 6 units per character, about 300 units and 15 text tokens an utterance.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import os
 import sys
 import tempfile
 import time
+
+from zipper_jax import data
+from zipper_jax.speech import synthetic_corpus
 
 SPEECH_LENGTH, TEXT_LENGTH = 512, 64
 
@@ -27,12 +30,12 @@ def main(argv=None) -> dict:
 
   directory = tempfile.mkdtemp(prefix='zipper_bench_corpus_')
   os.environ['ZIPPER_CORPUS_DIR'] = directory  # read when tasks.speech_text is imported
-  from zipper_jax import data, synthetic_corpus
   synthetic_corpus.write_corpus(
       directory, sizes={'text_only': 2000, 'speech_only': 100, 'aligned': 4000,
                         'validation': 10, 'test_clean': 10, 'test_other': 10},
       frames_per_char=6, vocab_size=500)
-  import tasks.speech_text  # noqa: F401 -- registers the tasks
+  # Registers the tasks over the corpus just written: it reads ZIPPER_CORPUS_DIR when imported.
+  import tasks.speech_text  # noqa: F401
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import train_step
 

@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
     if model not in params:
       params[model] = random_params(model, batch)
     seconds, xla, compile_seconds = measure(model, params[model], batch, frozen, args.repeats)
-    exact = batch_size * flops.train_flops_per_example(model, lengths, frozen)
+    exact = batch_size * model.train_flops_per_example(lengths, frozen)
     tokens = batch_size * sum(lengths[t] for t in model.towers)
     results['variants'][name] = {
         'step_seconds': seconds, 'tokens_per_second': tokens / seconds,

@@ -4,7 +4,7 @@ The corpus lives in `$ZIPPER_CORPUS_DIR` (default `~/.cache/zipper_jax/corpus`; 
 `zipper corpus build --out DIR`), read when a dataset is first built, not at import:
 
   text_vocab.model            SentencePiece model trained on the text-only split
-  zipper_speech_text/1.0.0/   the TFDS dataset (`zipper_jax.corpus_tfds`): per utterance
+  zipper_speech_text/1.0.0/   the TFDS dataset (`zipper_jax.speech.corpus_tfds`): per utterance
                               "id", "text" and "units" (text-only utterances have no units)
 
 Corpus splits: `text_only` (text tower pre-training), `speech_only` (speech tower pre-training),
@@ -27,8 +27,9 @@ import gin
 import seqio
 
 from tasks import preprocessors
-from zipper_jax import corpus_tfds
-from zipper_jax.vocabularies import SingleDecoderVocabulary, SpeechVocabulary
+from zipper_jax.speech import corpus_tfds
+from zipper_jax.speech.vocabulary import SpeechVocabulary
+from zipper_jax.vocabularies import SingleDecoderVocabulary
 
 CORPUS_DIR = os.environ.get('ZIPPER_CORPUS_DIR',
                             os.path.expanduser('~/.cache/zipper_jax/corpus'))

@@ -84,7 +84,7 @@ def clocked_zipper():
 @pytest.fixture(scope='session')
 def corpus():
   """The toy corpus's sentences, written to $ZIPPER_CORPUS_DIR once per test process."""
-  from zipper_jax import synthetic_corpus
+  from zipper_jax.speech import synthetic_corpus
   return synthetic_corpus.write_corpus(os.environ['ZIPPER_CORPUS_DIR'])
 
 
@@ -97,7 +97,7 @@ MICRO_SEED = 3
 @pytest.fixture(scope='session')
 def micro_corpus(tmp_path_factory, worker_id):
   """MICRO_CORPUS, built once per test session and shared by the xdist workers (read only)."""
-  from zipper_jax import corpus
+  from zipper_jax.speech import corpus
   # Workers' temporary folders share a parent that is unique to this session.
   root = tmp_path_factory.getbasetemp()
   root = root if worker_id == 'master' else root.parent

@@ -16,8 +16,8 @@ import soundfile
 import tensorflow_datasets as tfds
 
 from conftest import MICRO_CORPUS, MICRO_SEED
-from zipper_jax import (asr_judge, audio, corpus, corpus_text, corpus_tfds, resynthesis,
-                        speech_synthesis, speech_tokenizer, text_normalization)
+from zipper_jax.speech import (audio, corpus, corpus_text, corpus_tfds, judge, resynthesis,
+                               synthesis, text_normalization, unit_tokenizer)
 
 SENTENCES = [('fortunes', f'sentence number {text_normalization.spoken_form(str(i))} is '
               'spoken here') for i in range(200)]
@@ -49,6 +49,14 @@ def test_plan_is_disjoint_seeded_and_keeps_test_other_voices_unseen():
   with pytest.raises(ValueError, match='needs 201 sentences; the sources give 200'):
     spoken = sum(MICRO_CORPUS.values()) - MICRO_CORPUS['text_only']
     corpus.plan(SENTENCES, {**MICRO_CORPUS, 'text_only': len(SENTENCES) + 1 - spoken}, seed=0)
+
+
+def test_every_noisy_utterance_gets_its_own_noise():
+  # test_other ids share their first bytes: a seed of those alone would be one noise for all.
+  seeds = [corpus.noise_seed(MICRO_SEED, f'test_other-{i:06d}') for i in range(1000)]
+  assert len(set(seeds)) == 1000 and all(0 <= s < 2**31 for s in seeds)
+  assert corpus.noise_seed(0, 'test_other-000001') != corpus.noise_seed(1, 'test_other-000001')
+  assert corpus.noise_seed(0, 'test_other-000001') == corpus.noise_seed(0, 'test_other-000001')
 
 
 def test_a_size_chooses_voices_rates_and_sentence_length():
@@ -131,8 +139,8 @@ def test_interrupted_build_resumes_without_redoing_finished_work(micro_corpus, t
   for stale in ('metadata.json', 'manifest/aligned.jsonl'):
     os.remove(os.path.join(resumed, stale))
   spoken = []
-  synthesize = speech_synthesis.synthesize
-  monkeypatch.setattr(speech_synthesis, 'synthesize',
+  synthesize = synthesis.synthesize
+  monkeypatch.setattr(synthesis, 'synthesize',
                       lambda text, *a: spoken.append(text) or synthesize(text, *a))
   corpus.build(resumed, MICRO_CORPUS, seed=MICRO_SEED, workers=1)
   assert sorted(spoken) == sorted(line['text'] for line in lost)
@@ -153,13 +161,13 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_tokenizer_round_trips_and_encodes_stored_audio_to_the_manifest(micro_corpus, tmp_path):
-  tokenizer = speech_tokenizer.SpeechTokenizer.load(os.path.join(micro_corpus, 'speech_tokenizer'))
+  tokenizer = unit_tokenizer.SpeechTokenizer.load(os.path.join(micro_corpus, 'speech_tokenizer'))
   assert tokenizer.num_units == 1024 and tokenizer.config.unit_rate == 25
   line = corpus.read_manifest(micro_corpus, 'aligned')[0]
   path = os.path.join(micro_corpus, line['audio'])
   assert tokenizer.encode_file(path).tolist() == line['units']
   tokenizer.save(str(tmp_path / 'copy'))
-  copy = speech_tokenizer.SpeechTokenizer.load(str(tmp_path / 'copy'))
+  copy = unit_tokenizer.SpeechTokenizer.load(str(tmp_path / 'copy'))
   assert copy.encode_file(path).tolist() == line['units']
 
 
@@ -167,7 +175,7 @@ def test_encoding_edge_cases(micro_corpus, tmp_path):
   """Silence: one unit per 40 ms like any audio. 0.1 s: 3 units (frames are centred, so 1600
   samples give 6 frames). 44.1 kHz stereo: resampled on reading, so it encodes like the 16 kHz
   mono original up to resampling error."""
-  tokenizer = speech_tokenizer.SpeechTokenizer.load(os.path.join(micro_corpus, 'speech_tokenizer'))
+  tokenizer = unit_tokenizer.SpeechTokenizer.load(os.path.join(micro_corpus, 'speech_tokenizer'))
   silence = tokenizer.encode(np.zeros(audio.SAMPLE_RATE, np.float32))
   assert len(silence) == 26 and silence.min() >= 0 and silence.max() < 1024
   assert len(tokenizer.encode(np.random.default_rng(0).uniform(-.1, .1, 1600))) == 3
@@ -203,9 +211,9 @@ def test_resynthesizer_renders_every_unit_and_round_trips(micro_corpus, tmp_path
 
 
 def test_judge_understands_the_corpus_audio(micro_corpus):
-  """The judge's WER on original flite audio; the tiny corpus measures about 0.25 (README)."""
+  """The judge's WER on original flite audio; the tiny corpus measures about 0.25 (docs/data.md)."""
   lines = corpus.read_manifest(micro_corpus, 'aligned')
-  hypotheses = [asr_judge.transcribe(audio.read_audio(os.path.join(micro_corpus, line['audio'])))
+  hypotheses = [judge.transcribe(audio.read_audio(os.path.join(micro_corpus, line['audio'])))
                 for line in lines]
   assert jiwer.wer([line['text'] for line in lines], hypotheses) < 0.5
 

@@ -19,7 +19,7 @@ def demo(workdir):
   env = {k: v for k, v in os.environ.items() if k not in ('ZIPPER_CORPUS_DIR', 'XLA_FLAGS')}
   env['XLA_FLAGS'] = FAST_COMPILE
   done = subprocess.run(
-      [sys.executable, '-m', 'zipper_jax.demo', f'--workdir={workdir}',
+      [sys.executable, '-m', 'zipper_jax.speech.demo', f'--workdir={workdir}',
        f'--corpus_size={json.dumps(MICRO)}', '--text_pretrain_steps=3',
        '--speech_pretrain_steps=3', '--steps=3', '--single_steps=3', '--batch_size=4',
        '--pretrain_batch_size=4', '--tts_utterances=1'],

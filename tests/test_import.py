@@ -15,10 +15,11 @@ import transformers
 from jax.sharding import SingleDeviceSharding
 
 from conftest import SPEECH
-from zipper_jax import (batch, checkpoints, configurables, decoding, gguf_llama, hf_llama,
-                        import_export, main, vocabularies)
+from zipper_jax import batch, checkpoints, configurables, decoding, main, vocabularies
 from zipper_jax.inputs import TowerInput
+from zipper_jax.interop import gguf_llama, hf_llama, import_export
 from zipper_jax.models import ZipperModel
+from zipper_jax.run_dir import RunDir
 from zipper_jax.tower import Tower
 from zipper_jax.zipper import Edge, ZipperConfig
 
@@ -78,7 +79,7 @@ def test_imported_tower_computes_what_transformers_computes(tmp_path, architectu
   reference = hf_checkpoint(tmp_path / 'hf', architecture)
   assert main.main(['import', '--from', 'hf', str(tmp_path / 'hf'), '--to',
                     str(tmp_path / 'run')]) == 0
-  config = import_export.run_tower_config(tmp_path / 'run', 'text')
+  config = RunDir(tmp_path / 'run').model.tower_configs['text']
   assert (config.num_kv_heads, config.tie_embeddings, config.qkv_bias, config.rope_theta,
           config.norm_epsilon) == (reference.config.num_key_value_heads,
                                    reference.config.tie_word_embeddings,

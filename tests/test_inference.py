@@ -10,8 +10,10 @@ import pytest
 import seqio
 import soundfile
 
-from zipper_jax import audio, batch, checkpoints, corpus, inference, main, metrics
-from zipper_jax import tts_protocol, vocabularies
+from zipper_jax import batch, checkpoints, main, vocabularies
+from zipper_jax.run_dir import RunDir
+from zipper_jax.speech import audio, corpus, inference, metrics, tts_protocol
+from zipper_jax.speech.vocabulary import SpeechVocabulary
 
 LENGTHS = {'zipper': {'speech': 96, 'text': 24}, 'single_decoder': {'single': 120}}
 
@@ -20,21 +22,18 @@ def write_run(model_dir, corpus_dir, model_file):
   """A run as the trainer leaves one (config.gin, a checkpoint, vocabularies), with freshly
   initialised parameters: what inference reads, without the cost of training."""
   text = seqio.SentencePieceVocabulary(os.path.join(corpus_dir, 'text_vocab.model'))
-  speech = vocabularies.SpeechVocabulary(corpus_dir)
+  speech = SpeechVocabulary(corpus_dir)
   lengths = LENGTHS[model_file]
   gin.clear_config(clear_constants=True)
   main.parse_gin(['gin/models/tiny.gin', f'gin/models/{model_file}.gin'],
                  [f'TEXT_VOCAB_SIZE = {text.vocab_size}', f'TASK_FEATURE_LENGTHS = {lengths}'],
                  finalize=False)
-  os.makedirs(model_dir)
-  with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
-    f.write(gin.config_str())
-  model, _ = inference.run_model(model_dir)
-  params = nn.unbox(model.init(jax.random.key(0), batch.dummy_batch(model.towers, lengths, 1)))
+  run = RunDir(model_dir)
+  run.write_config(gin.config_str(), {'text': text, 'speech': speech} if model_file == 'zipper'
+                   else {'single': vocabularies.SingleDecoderVocabulary(text, speech)})
+  params = nn.unbox(run.model.init(jax.random.key(0),
+                                   batch.dummy_batch(run.model.towers, lengths, 1)))
   checkpoints.save_params(model_dir, params, {'step': 0})
-  vocabularies.save_vocabularies(model_dir, {'text': text, 'speech': speech}
-                                 if model_file == 'zipper' else
-                                 {'single': vocabularies.SingleDecoderVocabulary(text, speech)})
   return model_dir
 
 

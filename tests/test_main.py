@@ -12,6 +12,7 @@ import pytest
 
 from synthetic_tasks import SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
 from zipper_jax import checkpoints, main
+from zipper_jax.run_dir import RunMismatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FROZEN_TEXT = ['--gin_file=gin/models/tiny.gin', '--gin_file=gin/runs/zipper_frozen_text.gin']
@@ -71,17 +72,20 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
   params = checkpoints.load_params(str(tmp_path / 'run'))
   assert np.all(np.isfinite(params['speech']['block_0']['mlp']['up']['kernel']))
 
-  evaluate = ['eval', '--gin_file=gin/models/tiny.gin', '--gin_file=gin/models/zipper.gin',
-              '--gin_file=gin/runs/eval.gin', f'--gin.TEXT_VOCAB_SIZE={TEXT_VOCAB}',
-              f'--gin.SPEECH_VOCAB_SIZE={SPEECH_VOCAB}', f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-              "--gin.EVAL_TASKS=['toy_asr']", "--gin.TASK_FEATURE_LENGTHS={'speech': 12, 'text': 6}",
-              '--gin.BATCH_SIZE=8', '--gin.evaluate_checkpoint.max_batches=2']
+  evaluate = ['eval', f'--model_dir={tmp_path / "run"}', '--gin_file=gin/runs/eval.gin',
+              "--gin.EVAL_TASKS=['toy_asr']", '--gin.BATCH_SIZE=8',
+              '--gin.evaluate_checkpoint.max_batches=2']
+  model_gin = ['--gin_file=gin/models/tiny.gin', '--gin_file=gin/models/zipper.gin',
+               f'--gin.TEXT_VOCAB_SIZE={TEXT_VOCAB}', f'--gin.SPEECH_VOCAB_SIZE={SPEECH_VOCAB}']
   # Same parameter shapes, other wiring: refused, not scored wrong.
   clocked = "--gin.ZipperConfig.cross_attention_clock={'text': 5.0, 'speech': 1.0}"
-  with pytest.raises(SystemExit, match=r'cross_attention_clock is .*5\.0.* here, None in the run'):
-    main.main(evaluate + [clocked])
+  with pytest.raises(RunMismatch, match=r'cross_attention_clock is .*5\.0.* here, None in the run'):
+    main.main(evaluate + model_gin + [clocked])
   assert not os.path.exists(tmp_path / 'run' / 'eval')
-  assert main.main(evaluate) == 0
-  with open(tmp_path / 'run' / 'eval' / 'toy_asr.json') as f:
-    written = json.load(f)
-  assert 0 < written['eval/text/loss'] < 10 and written['eval/text/weight'] == 2 * 8 * 6
+  scores = []
+  for given in (model_gin, []):  # the run's own model gin files, then none: the run's config.gin
+    assert main.main(evaluate + given) == 0
+    with open(tmp_path / 'run' / 'eval' / 'toy_asr.json') as f:
+      scores.append(json.load(f))
+  assert scores[0] == scores[1]
+  assert 0 < scores[0]['eval/text/loss'] < 10 and scores[0]['eval/text/weight'] == 2 * 8 * 6

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from zipper_jax import evaluation, metrics
+from zipper_jax.speech import evaluation, metrics
 
 
 def test_word_and_character_error_rates_by_hand():

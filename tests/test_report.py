@@ -4,7 +4,8 @@ import json
 import pytest
 from clu import metric_writers
 
-from zipper_jax import main, report
+from zipper_jax import main
+from zipper_jax.speech import report
 
 
 def fake_run(directory, wer, steps=(10, 20, 30)):

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 import tasks.speech_text as speech_text
 from tasks import preprocessors
+from zipper_jax.speech.synthetic_corpus import SIZES, units_of
 from zipper_jax.vocabularies import UnitVocabulary, load_vocabularies, save_vocabularies
-from zipper_jax.synthetic_corpus import SIZES, units_of
 
 TEXT, SPEECH = speech_text.TEXT_VOCABULARY, speech_text.SPEECH_VOCABULARY
 

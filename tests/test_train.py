@@ -13,8 +13,7 @@ import seqio
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
-from zipper_jax import (batch, checkpoints, data, models, optimizer, partitioning, train,
-                        vocabularies)
+from zipper_jax import batch, checkpoints, data, models, optimizer, partitioning, train, vocabularies
 from zipper_jax.zipper import ZipperConfig
 
 TOWERS = {'text': dataclasses.replace(TEXT, vocab_size=TEXT_VOCAB),

@@ -34,3 +34,44 @@ def dummy_batch(towers: Sequence[str], lengths: Mapping[str, int], batch_size: i
   return {f'{t}_{s}': np.zeros((batch_size, lengths[t]),
                                np.float32 if s == 'loss_weights' else np.int32)
           for t in towers for s in SUFFIXES}
+
+
+def prompt_ends(batch: Mapping[str, np.ndarray], output: str) -> np.ndarray:
+  """[batch]: how many of `output`'s input columns each row's prompt holds. A prompt ends where
+  `output`'s first weighted target is predicted (the start token of an ASR example's text, or a
+  Single Decoder's text after its speech); a row with no weighted target is prompted by all of
+  it."""
+  weighted = np.asarray(batch[f'{output}_loss_weights']) > 0
+  valid = np.asarray(batch[f'{output}_segment_ids']) > 0
+  return np.where(weighted.any(1), weighted.argmax(1), np.maximum(valid.sum(1) - 1, 0)) + 1
+
+
+def decoding_prompt(batch: Mapping[str, np.ndarray], towers: Sequence[str], output: str,
+                    prompt_towers: Sequence[str] | None = None) -> dict:
+  """What decoding tower `output` of an unpacked batch starts from ({tower: TowerInput}).
+
+  `output`'s prompts (`prompt_ends`) are right-aligned, as cached decoding needs them, in a
+  width rounded up to a power of two, so that a task compiles a few programs, not one per
+  batch; towers outside `prompt_towers` (default: all) are hidden.
+  """
+  batch = {k: np.asarray(v) for k, v in batch.items()}
+  prompt_towers = [t for t in towers if t != output] if prompt_towers is None else prompt_towers
+  prompt = {}
+  for t in towers:
+    if t == output:
+      continue
+    segment_ids = batch[f'{t}_segment_ids'] * (t in prompt_towers)
+    prompt[t] = TowerInput(*(jnp.asarray(x) for x in (
+        batch[f'{t}_input_tokens'], batch[f'{t}_positions'], segment_ids,
+        batch[f'{t}_interleaved_positions'])))
+  ends = prompt_ends(batch, output)
+  length = batch[f'{output}_input_tokens'].shape[1]
+  width = min(length, 1 << int(ends.max() - 1).bit_length())
+  columns = {s: np.zeros((len(ends), width), np.int32)
+             for s in ('input_tokens', 'positions', 'segment_ids', 'interleaved_positions')}
+  for row, end in enumerate(ends):
+    for s, out in columns.items():
+      out[row, width - end:] = batch[f'{output}_{s}'][row, :end]
+  prompt[output] = TowerInput(*(jnp.asarray(columns[s]) for s in (
+      'input_tokens', 'positions', 'segment_ids', 'interleaved_positions')))
+  return prompt

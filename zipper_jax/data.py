@@ -26,7 +26,8 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
                 towers: Sequence[str], batch_size: int, *, split: str = 'train',
                 shuffle: bool = True, seed: int | None = 0, pack: bool = False,
                 num_epochs: int | None = None, skip_batches: int = 0,
-                host_sharding: str = 'examples', truncate: bool = False) -> tf.data.Dataset:
+                host_sharding: str = 'examples', truncate: bool = False,
+                drop_remainder: bool = True) -> tf.data.Dataset:
   """This process's share, `batch_size // process_count` rows, of each global batch.
 
   `host_sharding='examples'` (seqio's `ShardInfo`): each process reads and preprocesses only
@@ -35,7 +36,8 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
   for any number of processes (a run can move to another topology mid-way and see the same
   data), at the price of preprocessing everything everywhere.
   Order is a function of `seed` alone, so skipping the batches a checkpoint had consumed resumes
-  the stream exactly where it stopped.
+  the stream exactly where it stopped. `drop_remainder=False` keeps a last, smaller batch
+  (inference over a whole split).
   """
   processes, index = jax.process_count(), jax.process_index()
   if batch_size % processes:
@@ -55,8 +57,8 @@ def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, in
       feature_converter=ZipperFeatureConverter(towers, pack=pack, truncate=truncate))
   local = batch_size // processes
   if by_examples:
-    ds = ds.batch(local, drop_remainder=True)
+    ds = ds.batch(local, drop_remainder=drop_remainder)
   else:
-    ds = ds.batch(batch_size, drop_remainder=True).map(
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(
         lambda batch: {k: v[index * local:(index + 1) * local] for k, v in batch.items()})
   return ds.skip(skip_batches).prefetch(tf.data.AUTOTUNE)

@@ -15,8 +15,8 @@ from typing import Iterable, Mapping
 import jax
 import jax.numpy as jnp
 
-from zipper_jax.models import ZipperModel
 from zipper_jax.tower import TowerConfig
+from zipper_jax.zipper import ZipperConfig
 
 
 def _attention_flops(c: TowerConfig, queries: int, keys: int, key_width: int) -> tuple[int, int]:
@@ -42,21 +42,24 @@ def cross_attention_forward_flops(query: TowerConfig, key: TowerConfig, query_le
   return projection + weights + products + 3 * 2 * query_length * query.embed_dim * query.mlp_dim
 
 
-def train_flops_per_example(model, lengths: Mapping[str, int],
-                            frozen: Iterable[str] = ()) -> int:
-  """Forward + backward FLOPs of one example of a `models.Model` with `frozen` towers."""
-  frozen = set(frozen)
+def towers_train_flops(towers: Mapping[str, TowerConfig], lengths: Mapping[str, int],
+                       frozen: Iterable[str] = ()) -> int:
+  """Forward + backward FLOPs of one example through `towers`, `frozen` ones without weight
+  gradients."""
+  return sum(tower_forward_flops(config, lengths[name]) * (2 if name in frozen else 3)
+             for name, config in towers.items())
+
+
+def zipping_train_flops(zipper: ZipperConfig, lengths: Mapping[str, int]) -> int:
+  """Forward + backward FLOPs of one example through what zipping adds to the towers: the
+  cross-attention blocks and input projections (always trained)."""
   total = 0
-  for name, config in model.tower_configs.items():
-    total += tower_forward_flops(config, lengths[name]) * (2 if name in frozen else 3)
-  if isinstance(model, ZipperModel):
-    zipper = model.config
-    for name, config in zipper.towers.items():
-      for _, edge, _ in zipper.cross_layers(name):
-        total += 3 * cross_attention_forward_flops(
-            config, zipper.towers[edge.key], lengths[name], lengths[edge.key])
-      if zipper.input_projection != 'none':
-        total += 3 * 2 * 2 * lengths[name] * config.embed_dim ** 2
+  for name, config in zipper.towers.items():
+    for _, edge, _ in zipper.cross_layers(name):
+      total += 3 * cross_attention_forward_flops(
+          config, zipper.towers[edge.key], lengths[name], lengths[edge.key])
+    if zipper.input_projection != 'none':
+      total += 3 * 2 * 2 * lengths[name] * config.embed_dim ** 2
   return total
 
 

@@ -7,11 +7,16 @@ import jax.numpy as jnp
 import optax
 
 
+def token_log_likelihoods(logits, targets, weights):
+  """[batch, length]: each target's weighted log-probability under `logits`."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  return -losses * weights.astype(jnp.float32)
+
+
 def weighted_cross_entropy(logits, targets, weights):
   """Returns (sum of weighted token losses, sum of weights) for one tower."""
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  weights = weights.astype(jnp.float32)
-  return jnp.sum(losses * weights), jnp.sum(weights)
+  return -jnp.sum(token_log_likelihoods(logits, targets, weights)), jnp.sum(
+      weights.astype(jnp.float32))
 
 
 def zipper_loss(logits: Mapping[str, jnp.ndarray], targets: Mapping[str, jnp.ndarray],

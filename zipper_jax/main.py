@@ -2,16 +2,21 @@
 
   zipper train --gin_file=gin/experiments/tiny_zipper_frozen_text.gin \\
       --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000
+  zipper eval --model_dir=/tmp/run --gin_file=gin/runs/eval.gin --gin.EVAL_TASKS="['asr']"
 
 Gin files are looked up relative to the working directory and to the repository root, so
 `include 'gin/models/tiny.gin'` works from anywhere. Every binding is checked when the files are
-parsed: a misspelt name stops the command before any compute. The other commands (data,
-import/export, inference) take plain flags; see `zipper COMMAND --help`.
+parsed: a misspelt name stops the command before any compute.
+
+The other commands take plain flags (`zipper COMMAND --help`): `predict` and `score` here, and
+those that products built on the framework add (the speech corpus, transcribe and speak, report;
+import and export). A product adds commands through the `zipper.commands` entry point group
+(setup.py): each entry is a function `add_parser(subparsers)` that sets `run(args)`.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -21,35 +26,41 @@ from typing import Callable, Mapping, Sequence
 import gin
 import jax
 
-from zipper_jax import batch, checkpoints, corpus, import_export, inference, models, partitioning
-from zipper_jax import report
+from zipper_jax import batch, infer, models, partitioning
 from zipper_jax import train as train_lib
 from zipper_jax import configurables  # noqa: F401 -- registers what gin can configure
+from zipper_jax.run_dir import RunDir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Commands with plain flags: each module has `add_parser(subparsers)`, which sets `run(args)`.
-PLAIN_COMMANDS = (corpus, import_export, inference, report)
+COMMANDS_GROUP = 'zipper.commands'  # entry points: add_parser(subparsers) of other commands
 
 
 @gin.configurable
-def evaluate_checkpoint(model: models.Model = gin.REQUIRED, *, model_dir: str = gin.REQUIRED,
+def evaluate_checkpoint(model: models.Model | None = None, *, model_dir: str = gin.REQUIRED,
                         tasks: Sequence[str] = gin.REQUIRED,
-                        task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+                        task_feature_lengths: Mapping[str, int] | None = None,
                         batch_size: int = gin.REQUIRED, split: str = 'validation',
                         max_batches: int | None = None,
                         hooks: Sequence[Callable] = ()) -> dict:
   """Validation loss and per-tower accuracy of the newest checkpoint in `model_dir`, per task,
   written to `model_dir/eval/<task>.json`; then what each of `hooks` measures (the trainer's
-  eval hooks: hook(step, model, params) -> {name: value}), under 'hooks'."""
-  step, params = checkpoints.load_step_and_params(model_dir)
+  eval hooks: hook(step, model, params) -> {name: value}), under 'hooks'.
+
+  The model and the lengths are the run's own (its config.gin). A `model` given too (model gin
+  files) must be that model: one wired otherwise (say, without the cross-attention clock) can
+  still load the checkpoint and would be scored silently wrong.
+  """
+  run = RunDir(model_dir)
+  if model is not None:
+    run.check_continues(model)
+  model = run.model
+  lengths = task_feature_lengths or run.task_feature_lengths
+  step, params = run.load_step_and_params()
   results = {}
   for task in tasks:
-    results[task] = train_lib.evaluate(model, params, task, task_feature_lengths, batch_size,
-                                       split=split, max_batches=max_batches)
-    os.makedirs(os.path.join(model_dir, 'eval'), exist_ok=True)
-    with open(os.path.join(model_dir, 'eval', f'{task}.json'), 'w') as f:
-      json.dump(results[task], f, indent=2)
+    results[task] = train_lib.evaluate(model, params, task, lengths, batch_size, split=split,
+                                       max_batches=max_batches)
+    run.write_eval(task, results[task])
   if hooks:
     results['hooks'] = train_lib.run_hooks(hooks, step, model, params)
   return results
@@ -118,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     command = commands.add_parser(name, help=help_text, description=help_text)
     command.add_argument('--gin_file', action='append', default=[], required=True,
                          help='gin file to parse; repeat to combine (model, run, experiment)')
+    if name != 'layout':
+      command.add_argument('--model_dir', help="the run's directory (sets MODEL_DIR)")
     command.add_argument('--print_config', action='store_true',
                          help='print the operative gin config when done')
     command.add_argument('--distributed', action='store_true',
@@ -127,42 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument('--num_processes', type=int, help='multi-host: number of processes')
     command.add_argument('--process_id', type=int, help='multi-host: this process\'s index')
     command.set_defaults(run=run_gin_command)
-  for module in PLAIN_COMMANDS:
-    module.add_parser(commands)
+  infer.add_parser(commands)
+  for entry_point in sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP),
+                            key=lambda e: e.name):
+    entry_point.load()(commands)
   parser.epilog = 'Gin bindings: --gin.NAME=VALUE, e.g. --gin.TRAIN_STEPS=100'
   return parser
 
 
-def require_model_of_run(args, bindings: Sequence[str]) -> None:
-  """`zipper eval` builds its model from the gin files it is given. One that differs from the
-  model MODEL_DIR was trained with can still load the checkpoint (say, without the cross-attention
-  clock) and would be scored silently wrong: refuse it."""
-  model_dir = gin.query_parameter('%MODEL_DIR')
-  given = gin.query_parameter('%MODEL').scoped_configurable_fn()
-  trained, _ = inference.run_model(model_dir)  # replaces the gin config...
-  parse_gin(args.gin_file, bindings)  # ...so ours is parsed again
-  if type(given) is not type(trained) or set(given.towers) != set(trained.towers):
-    found = (f'{type(given).__name__} of towers {given.towers} here, '
-             f'{type(trained).__name__} of towers {trained.towers} in the run')
-  else:
-    found = '; '.join(differences(given.module, trained.module, type(given.module).__name__))
-  if found:
-    raise SystemExit(f'the model of {args.gin_file} is not the one {model_dir} was trained with '
-                     f'(its config.gin): {found}. Give the model gin files of that run.')
-
-
-def differences(given, trained, path: str) -> list[str]:
-  """Where two configurations differ: 'path is <given> here, <trained> in the run' each."""
-  if type(given) is type(trained) and dataclasses.is_dataclass(given):
-    fields = [f.name for f in dataclasses.fields(given) if f.name not in ('parent', 'name')]
-    return [d for f in fields
-            for d in differences(getattr(given, f), getattr(trained, f), f'{path}.{f}')]
-  if isinstance(given, Mapping) and isinstance(trained, Mapping) and given.keys() == trained.keys():
-    return [d for k in given for d in differences(given[k], trained[k], f'{path}[{k!r}]')]
-  return [] if given == trained else [f'{path} is {given!r} here, {trained!r} in the run']
+def configured_model() -> models.Model | None:
+  """The model the parsed gin files describe (%MODEL), None if they describe none."""
+  try:
+    return gin.query_parameter('%MODEL').scoped_configurable_fn()
+  except ValueError:
+    return None
 
 
 def run_gin_command(args, bindings: Sequence[str]) -> int:
+  if getattr(args, 'model_dir', None):
+    bindings = [*bindings, f'MODEL_DIR = {args.model_dir!r}']
   # A layout needs shapes only, not the run's directory, data or length.
   parse_gin(args.gin_file, bindings, finalize=args.command != 'layout')
   initialize_distributed(args)
@@ -171,9 +167,7 @@ def run_gin_command(args, bindings: Sequence[str]) -> int:
   elif args.command == 'layout':
     print_layout()
   else:
-    require_model_of_run(args, bindings)
-    results = evaluate_checkpoint()
-    print(json.dumps(results, indent=2))
+    print(json.dumps(evaluate_checkpoint(model=configured_model()), indent=2))
   if args.print_config:
     print(gin.operative_config_str())
   return 0

@@ -1,20 +1,25 @@
-"""What the trainer needs of a model, for the three kinds it trains.
+"""What the trainer and inference need of a model, for the three kinds it trains.
 
 `ZipperModel` (towers fused by cross-attention), `TowerModel` (one tower alone: unimodal
 pre-training) and `SingleDecoderModel` (the baseline: a text tower with a grown vocabulary) share
-one interface: apply the module to a converted batch, compute the loss, and build parameters from
-pre-trained towers' parameter trees (`INIT_CHECKPOINTS`).
+one interface, t5x's: apply the module to a converted batch and compute the loss; build
+parameters from pre-trained towers' parameter trees (`INIT_CHECKPOINTS`); `predict_batch`
+(decode any tower of a batch's examples from the others) and `score_batch` (each example's
+log-likelihood), so that any registered task is decoded and scored with no code of its own.
 """
 from __future__ import annotations
 
-from typing import Mapping
+import functools
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from zipper_jax import baseline, decoding, zipping
-from zipper_jax.batch import tower_inputs, tower_targets
-from zipper_jax.losses import zipper_loss
+from zipper_jax import baseline, decoding, flops, zipping
+from zipper_jax.batch import decoding_prompt, prompt_ends, tower_inputs, tower_targets
+from zipper_jax.inputs import TowerInput
+from zipper_jax.losses import token_log_likelihoods, zipper_loss
 from zipper_jax.tower import Tower, TowerConfig
 from zipper_jax.zipper import Zipper, ZipperConfig
 
@@ -41,11 +46,56 @@ class Model:
     targets, weights = tower_targets(batch, self.towers)
     return zipper_loss(logits, targets, weights)
 
+  def score_batch(self, params, batch) -> jnp.ndarray:
+    """[batch]: each row's log-likelihood of its weighted targets, over all towers (rows of an
+    unpacked batch are examples)."""
+    logits = self.apply(params, self.inputs(batch))
+    targets, weights = tower_targets(batch, self.towers)
+    return sum(token_log_likelihoods(logits[t], targets[t], weights[t]).sum(-1)
+               for t in self.towers)
+
+  def predict_batch(self, params, batch, *, output: str, eos_id: int | None,
+                    prompt_towers: Sequence[str] | None = None,
+                    max_new_tokens: int | None = None, **decode) -> decoding.Generated:
+    """Decodes tower `output` of each example of an unpacked batch (numpy, host-local).
+
+    The prompt is what precedes `output`'s first weighted target: the `prompt_towers` (default:
+    every other tower; the rest are hidden) and `output`'s own tokens before it (a Single
+    Decoder's speech before its text; `batch.decoding_prompt`). By default as many tokens are
+    generated as `output`'s length leaves after the shortest prompt.
+    `decode`: beam_size, temperature, top_k, top_p, rng (`predict`).
+    """
+    prompt = decoding_prompt(batch, self.towers, output, prompt_towers)
+    if max_new_tokens is None:
+      max_new_tokens = (batch[f'{output}_target_tokens'].shape[1] + 1 -
+                        int(prompt_ends(batch, output).min()))
+    return self.predict(params, prompt, output=output, eos_id=eos_id,
+                        max_new_tokens=max_new_tokens, **decode)
+
+  def predict(self, params, prompt: Mapping[str, TowerInput], *, output: str,
+              eos_id: int | None, max_new_tokens: int, beam_size: int = 1,
+              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+              rng=None) -> decoding.Generated:
+    """Tokens of `output` after `prompt` ({tower: TowerInput}; `output`'s left-aligned): beam
+    search (the best beam) with `beam_size` > 1, else greedy or sampled (`temperature`)."""
+    decoder = self.decoder(output)
+    if beam_size > 1:
+      beams = decoding.beam_search(decoder, params, prompt, beam_size=beam_size,
+                                   max_new_tokens=max_new_tokens, eos_id=eos_id)
+      return decoding.Generated(beams.tokens[:, 0], beams.lengths[:, 0])
+    return decoding.generate(decoder, params, prompt, rng, max_new_tokens=max_new_tokens,
+                             eos_id=eos_id, temperature=temperature, top_k=top_k, top_p=top_p)
+
+  def decoder(self, output: str) -> decoding.Decoder:
+    """One `Decoder` per output tower: decoding compiles once per decoder and shapes."""
+    raise NotImplementedError
+
   def params_from_towers(self, rng, batch, tower_params: Mapping):
     raise NotImplementedError
 
-  def decoder(self, output: str) -> decoding.Decoder:
-    raise NotImplementedError
+  def train_flops_per_example(self, lengths: Mapping[str, int], frozen=()) -> int:
+    """Exact matmul FLOPs of one example's forward and backward pass (`flops.py`)."""
+    return flops.towers_train_flops(self.tower_configs, lengths, set(frozen))
 
   def _module_inputs(self, inputs):
     return (inputs,)
@@ -65,8 +115,13 @@ class ZipperModel(Model):
   def params_from_towers(self, rng, batch, tower_params):
     return zipping.zip_params(self.module, rng, self.inputs(batch), tower_params)
 
+  @functools.cache
   def decoder(self, output):
     return decoding.Decoder.for_zipper(self.module, output)
+
+  def train_flops_per_example(self, lengths, frozen=()):
+    return (super().train_flops_per_example(lengths, frozen) +
+            flops.zipping_train_flops(self.config, lengths))
 
 
 class TowerModel(Model):
@@ -94,6 +149,12 @@ class TowerModel(Model):
     return tower_params[self.name]
 
   def decoder(self, output=None):
+    if output not in (None, self.name):
+      raise ValueError(f'a {self.name!r} tower decodes {self.name!r}, not {output!r}')
+    return self._decoder
+
+  @functools.cached_property
+  def _decoder(self):
     return decoding.Decoder.for_tower(self.module, self.name)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import sys
 import time
@@ -20,9 +19,10 @@ import tqdm
 from clu import metric_writers
 
 from zipper_jax import batch as batch_lib
-from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning, vocabularies
+from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning
 from zipper_jax.steps import TrainState, eval_step, train_step
 from zipper_jax.models import Model
+from zipper_jax.run_dir import RunDir
 
 
 class _Preemption:
@@ -93,12 +93,13 @@ def train(model: Model = gin.REQUIRED, *,
   abstract_params, abstract_opt = abstract(boxed, param_shardings), abstract(boxed_opt,
                                                                              opt_shardings)
 
-  checkpointer = checkpoints.Checkpointer(model_dir, keep=keep_checkpoints)
+  # A directory that holds another model's run is refused before anything is written.
+  run = RunDir(model_dir)
+  vocabularies = {t: features[t].vocabulary for t in towers}
+  run.check_continues(model, vocabularies)
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, 'config.gin'), 'w') as f:
-      f.write(gin.config_str())
-    vocabularies.save_vocabularies(model_dir, {t: features[t].vocabulary for t in towers})
+    run.write_config(gin.config_str(), vocabularies)
+  checkpointer = run.checkpointer(keep_checkpoints)
   restored = checkpointer.restore_latest(abstract_params, abstract_opt)
   if restored is not None:
     step, params, opt_state, meta = restored
@@ -127,8 +128,8 @@ def train(model: Model = gin.REQUIRED, *,
                                host_sharding=host_sharding)
     writer = metric_writers.create_default_writer(
         model_dir, just_logging=jax.process_index() > 0, asynchronous=True)
-    flops_per_step = batch_size * flops.train_flops_per_example(model, task_feature_lengths,
-                                                                frozen_towers)
+    flops_per_step = batch_size * model.train_flops_per_example(task_feature_lengths,
+                                                                 frozen_towers)
     peak = peak_flops or flops.measure_peak_flops()
     writer.write_hparams({'flops_per_step': flops_per_step, 'peak_flops': peak,
                           'batch_size': batch_size, 'train_steps': train_steps})

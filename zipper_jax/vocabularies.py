@@ -7,6 +7,7 @@ converter relies on.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 import tokenizers
+
+from zipper_jax import atomic_files
 
 NUM_UNITS = 1024
 
@@ -70,6 +73,15 @@ class UnitVocabulary(seqio.Vocabulary):
 
   def __str__(self) -> str:
     return f'UnitVocabulary(num_units={self.num_units})'
+
+  def save(self, out: str, name: str) -> dict:
+    del out, name
+    return {'num_units': self.num_units}
+
+  @classmethod
+  def load(cls, root: str, entry: Mapping) -> UnitVocabulary:
+    del root
+    return cls(entry['num_units'])
 
 
 class TokenizerVocabulary(seqio.Vocabulary):
@@ -132,6 +144,14 @@ class TokenizerVocabulary(seqio.Vocabulary):
   def __str__(self) -> str:
     return f'TokenizerVocabulary({self.tokenizer_file!r}, eos_id={self.eos_id})'
 
+  def save(self, out: str, name: str) -> dict:
+    shutil.copyfile(self.tokenizer_file, os.path.join(out, f'{name}.tokenizer.json'))
+    return {'file': f'{name}.tokenizer.json', 'eos_id': self.eos_id, 'bos_id': self.bos_id}
+
+  @classmethod
+  def load(cls, root: str, entry: Mapping) -> TokenizerVocabulary:
+    return cls(os.path.join(root, entry['file']), entry['eos_id'], entry['bos_id'])
+
 
 def train_text_vocabulary(sentences: Iterable[str], model_prefix: str,
                           vocab_size: int) -> seqio.SentencePieceVocabulary:
@@ -145,38 +165,6 @@ def train_text_vocabulary(sentences: Iterable[str], model_prefix: str,
       model_type='unigram', pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
       hard_vocab_limit=False, num_threads=1, minloglevel=2)
   return seqio.SentencePieceVocabulary(f'{model_prefix}.model')
-
-
-class SpeechVocabulary(UnitVocabulary):
-  """Speech units together with the speech tokenizer (audio -> units) and the resynthesiser
-  (units -> audio) they were made with, read from `assets_dir` (a corpus folder, or a run's copy):
-  a run that keeps them beside its checkpoints reads and speaks audio on its own."""
-  TOKENIZER = 'speech_tokenizer'
-  RESYNTHESIZER = 'resynthesizer.npz'
-
-  def __init__(self, assets_dir: str, num_units: int = NUM_UNITS):
-    self.assets_dir = assets_dir
-    super().__init__(num_units)
-
-  @property
-  def has_assets(self) -> bool:
-    return all(os.path.exists(os.path.join(self.assets_dir, name))
-               for name in (self.TOKENIZER, self.RESYNTHESIZER))
-
-  def tokenizer(self):
-    from zipper_jax import speech_tokenizer
-    return speech_tokenizer.SpeechTokenizer.load(self._asset(self.TOKENIZER))
-
-  def resynthesizer(self):
-    from zipper_jax import resynthesis
-    return resynthesis.Resynthesizer.load(self._asset(self.RESYNTHESIZER))
-
-  def _asset(self, name: str) -> str:
-    path = os.path.join(self.assets_dir, name)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'{path} is missing: the speech vocabulary has no {name} (a run '
-                              'keeps them when its corpus has them; a generated corpus has none)')
-    return path
 
 
 class SingleDecoderVocabulary(seqio.PassThroughVocabulary):
@@ -196,42 +184,42 @@ class SingleDecoderVocabulary(seqio.PassThroughVocabulary):
     return self._base_vocab_size
 
 
+
+  def __str__(self) -> str:
+    return f'SingleDecoderVocabulary(text={self.text}, speech={self.speech})'
+
+  def save(self, out: str, name: str) -> dict:
+    return {'text': save_vocabulary(out, f'{name}.text', self.text),
+            'speech': save_vocabulary(out, f'{name}.speech', self.speech)}
+
+  @classmethod
+  def load(cls, root: str, entry: Mapping) -> SingleDecoderVocabulary:
+    return cls(load_vocabulary(root, entry['text']), load_vocabulary(root, entry['speech']))
+
+
+def equivalent(a: seqio.Vocabulary | None, b: seqio.Vocabulary | None) -> bool:
+  """Whether two vocabularies map ids alike, wherever their files are (seqio compares a
+  SentencePiece vocabulary's file path too)."""
+  if isinstance(a, seqio.SentencePieceVocabulary) and isinstance(b, seqio.SentencePieceVocabulary):
+    return a.sp_model == b.sp_model and a.extra_ids == b.extra_ids
+  if isinstance(a, SingleDecoderVocabulary) and isinstance(b, SingleDecoderVocabulary):
+    return equivalent(a.text, b.text) and equivalent(a.speech, b.speech)
+  return a == b
+
+
+# A run keeps its vocabularies in `vocabularies/`: files, and an index.json entry per tower.
+# seqio's own vocabularies are written here; any other class defines
+# `save(out, name) -> entry` and `load(root, entry)` (a classmethod), and its entry names it, so
+# that vocabularies of other modalities (`zipper_jax.speech.vocabulary`) load with no change here.
+
 def save_vocabularies(directory: str, vocabularies: Mapping[str, seqio.Vocabulary]) -> None:
-  """Writes a run's vocabularies under `directory/vocabularies`, so its checkpoints can be read
-  back into text, units and audio without the corpus they were trained on."""
+  """Writes `vocabularies` under `directory/vocabularies`, so that a run's checkpoints can be
+  read back into text, units and audio without the corpus they were trained on."""
   out = os.path.join(directory, 'vocabularies')
   os.makedirs(out, exist_ok=True)
-  index = {name: _save_vocabulary(out, name, vocabulary)
+  index = {name: save_vocabulary(out, name, vocabulary)
            for name, vocabulary in vocabularies.items()}
-  with open(os.path.join(out, 'index.json'), 'w') as f:
-    json.dump(index, f, indent=2)
-
-
-def _save_vocabulary(out: str, name: str, vocabulary: seqio.Vocabulary) -> dict:
-  """Copies what `vocabulary` reads into `out` as `name...`; returns its index entry."""
-  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-    shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(out, f'{name}.model'))
-    return {'kind': 'sentencepiece', 'file': f'{name}.model'}
-  if isinstance(vocabulary, TokenizerVocabulary):
-    shutil.copyfile(vocabulary.tokenizer_file, os.path.join(out, f'{name}.tokenizer.json'))
-    return {'kind': 'tokenizer', 'file': f'{name}.tokenizer.json',
-            'eos_id': vocabulary.eos_id, 'bos_id': vocabulary.bos_id}
-  if isinstance(vocabulary, SpeechVocabulary) and vocabulary.has_assets:
-    assets = os.path.join(out, name)
-    os.makedirs(assets, exist_ok=True)
-    shutil.copytree(os.path.join(vocabulary.assets_dir, SpeechVocabulary.TOKENIZER),
-                    os.path.join(assets, SpeechVocabulary.TOKENIZER), dirs_exist_ok=True)
-    shutil.copyfile(os.path.join(vocabulary.assets_dir, SpeechVocabulary.RESYNTHESIZER),
-                    os.path.join(assets, SpeechVocabulary.RESYNTHESIZER))
-    return {'kind': 'speech', 'num_units': vocabulary.num_units, 'assets': name}
-  if isinstance(vocabulary, UnitVocabulary):
-    return {'kind': 'units', 'num_units': vocabulary.num_units}
-  if isinstance(vocabulary, SingleDecoderVocabulary):
-    return {'kind': 'single', 'text': _save_vocabulary(out, f'{name}.text', vocabulary.text),
-            'speech': _save_vocabulary(out, f'{name}.speech', vocabulary.speech)}
-  if isinstance(vocabulary, seqio.PassThroughVocabulary):
-    return {'kind': 'pass_through', 'size': vocabulary.vocab_size, 'eos_id': vocabulary.eos_id}
-  raise TypeError(f'cannot save vocabulary {name!r} of type {type(vocabulary).__name__}')
+  atomic_files.write_json(os.path.join(out, 'index.json'), index)
 
 
 def load_vocabularies(directory: str) -> dict[str, seqio.Vocabulary]:
@@ -239,21 +227,28 @@ def load_vocabularies(directory: str) -> dict[str, seqio.Vocabulary]:
   root = os.path.join(directory, 'vocabularies')
   with open(os.path.join(root, 'index.json')) as f:
     index = json.load(f)
-  return {name: _load_vocabulary(root, entry) for name, entry in index.items()}
+  return {name: load_vocabulary(root, entry) for name, entry in index.items()}
 
 
-def _load_vocabulary(root: str, entry: dict) -> seqio.Vocabulary:
+def save_vocabulary(out: str, name: str, vocabulary: seqio.Vocabulary) -> dict:
+  """Copies what `vocabulary` reads into `out` as `name...`; returns its index entry."""
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    shutil.copyfile(vocabulary.sentencepiece_model_file, os.path.join(out, f'{name}.model'))
+    return {'kind': 'sentencepiece', 'file': f'{name}.model'}
+  if hasattr(vocabulary, 'save'):
+    cls = type(vocabulary)
+    return {'kind': f'{cls.__module__}:{cls.__qualname__}', **vocabulary.save(out, name)}
+  if isinstance(vocabulary, seqio.PassThroughVocabulary):
+    return {'kind': 'pass_through', 'size': vocabulary.vocab_size, 'eos_id': vocabulary.eos_id}
+  raise TypeError(f'cannot save vocabulary {name!r} of type {type(vocabulary).__name__}: give '
+                  'its class save(out, name) and load(root, entry)')
+
+
+def load_vocabulary(root: str, entry: Mapping) -> seqio.Vocabulary:
   kind = entry['kind']
   if kind == 'sentencepiece':
     return seqio.SentencePieceVocabulary(os.path.join(root, entry['file']))
-  if kind == 'tokenizer':
-    return TokenizerVocabulary(os.path.join(root, entry['file']), entry['eos_id'],
-                               entry['bos_id'])
-  if kind == 'speech':
-    return SpeechVocabulary(os.path.join(root, entry['assets']), entry['num_units'])
-  if kind == 'units':
-    return UnitVocabulary(entry['num_units'])
-  if kind == 'single':
-    return SingleDecoderVocabulary(_load_vocabulary(root, entry['text']),
-                                   _load_vocabulary(root, entry['speech']))
-  return seqio.PassThroughVocabulary(entry['size'], entry['eos_id'])
+  if kind == 'pass_through':
+    return seqio.PassThroughVocabulary(entry['size'], entry['eos_id'])
+  module, _, name = kind.partition(':')
+  return getattr(importlib.import_module(module), name).load(root, entry)

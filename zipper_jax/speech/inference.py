@@ -16,37 +16,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from typing import Sequence
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import seqio
 
-from zipper_jax import audio, checkpoints, decoding, models, vocabularies
-from zipper_jax import configurables  # noqa: F401 -- registers what a run's config.gin names
+from zipper_jax import models
 from zipper_jax.inputs import TowerInput
+from zipper_jax.run_dir import RunDir
+from zipper_jax.speech import audio
 
 PROMPT_BUCKET = 32  # Single Decoder prompts are padded to a multiple of this: few compilations
 MIN_SECONDS = 0.1  # shorter audio holds no word: an error, not an empty transcript
-
-
-def run_model(model_dir: str) -> tuple[models.Model, dict[str, int]]:
-  """(the model, TASK_FEATURE_LENGTHS) of the run in `model_dir`, from its config.gin.
-  Replaces this process's gin config, and leaves it empty."""
-  path = os.path.join(model_dir, 'config.gin')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{model_dir} is not a training run: it has no config.gin')
-  gin.clear_config(clear_constants=True)
-  try:
-    gin.parse_config_file(path, skip_unknown=True)
-    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
-    return model, dict(gin.query_parameter('%TASK_FEATURE_LENGTHS'))
-  finally:
-    gin.clear_config(clear_constants=True)
 
 
 def _left_padded(rows: Sequence[Sequence[int]], length: int) -> TowerInput:
@@ -88,28 +72,33 @@ class SpeechText:
     self.lengths, self.batch_size = lengths, batch_size
     self.single = isinstance(model, models.SingleDecoderModel)
     self.offset = self.text.vocab_size if self.single else 0  # where speech ids start
-    # One Decoder object per output: `generate` compiles once per (decoder, shapes).
-    self.decoders = ({'text': model.decoder(), 'speech': model.decoder()} if self.single else
-                     {name: model.decoder(name) for name in ('text', 'speech')})
+    # The towers that read and write text and speech.
+    self.text_tower, self.speech_tower = ((model.name, model.name) if self.single else
+                                          ('text', 'speech'))
 
   @classmethod
   def from_run(cls, model_dir: str, batch_size: int = 16) -> SpeechText:
-    model, lengths = run_model(model_dir)
-    return cls(model, checkpoints.load_params(model_dir),
-               vocabularies.load_vocabularies(model_dir), lengths, batch_size)
+    run = RunDir(model_dir)
+    return cls(run.model, run.load_params(), run.vocabularies(), run.task_feature_lengths,
+               batch_size)
+
+  # Ids of the model's vocabulary (a Single Decoder's holds both) to text and to units.
+  def text_of(self, ids: Sequence[int]) -> str:
+    return self.text.decode([i for i in ids if 0 < i < self.text.vocab_size])
+
+  def units_of(self, ids: Sequence[int]) -> np.ndarray:
+    """Units (int32 in [0, num_units)) of the speech ids among `ids`."""
+    return np.asarray(self.speech.decode([i - self.offset for i in ids]), np.int32)
 
   # ASR and TTS on ids: lists in, lists out, batched here.
   def transcribe_units(self, unit_lists: Sequence[Sequence[int]], beam_size: int = 1) -> list[str]:
     speech = [self.speech.encode([int(u) for u in units]) for units in unit_lists]
-    generated = self._batched(self._asr, speech, beam_size)
-    return [self.text.decode([i for i in ids if 0 < i < self.text.vocab_size])
-            for ids in generated]
+    return [self.text_of(ids) for ids in self._batched(self._asr, speech, beam_size)]
 
   def speak_units(self, texts: Sequence[str]) -> list[np.ndarray]:
     """Speech units (int32 in [0, num_units)) for each text; empty if none were generated."""
     generated = self._batched(self._tts, [self.text.encode(t) for t in texts], 1)
-    return [np.asarray(self.speech.decode([i - self.offset for i in ids]), np.int32)
-            for ids in generated]
+    return [self.units_of(ids) for ids in generated]
 
   # Audio in and out, through the run's speech tokenizer and resynthesiser.
   def transcribe(self, wavs: Sequence[np.ndarray], beam_size: int = 1,
@@ -146,12 +135,8 @@ class SpeechText:
     return out
 
   def _generate(self, output: str, prompt: dict, max_new: int, eos: int, beam_size: int):
-    if beam_size > 1:
-      beams = decoding.beam_search(self.decoders[output], self.params, prompt,
-                                   beam_size=beam_size, max_new_tokens=max_new, eos_id=eos)
-      return beams.tokens[:, 0], beams.lengths[:, 0], eos
-    out = decoding.generate(self.decoders[output], self.params, prompt, max_new_tokens=max_new,
-                            eos_id=eos)
+    out = self.model.predict(self.params, prompt, output=output, eos_id=eos,
+                             max_new_tokens=max_new, beam_size=beam_size)
     return out.tokens, out.lengths, eos
 
   def _asr(self, speech_ids: list[list[int]], beam_size: int):
@@ -159,32 +144,31 @@ class SpeechText:
     if self.single:  # [0, speech..., end of audio], then text
       return self._single(
           [[0] + [i + self.offset for i in ids] + [self.speech.eos_id + self.offset]
-           for ids in speech_ids], 'text', eos, beam_size)
+           for ids in speech_ids], eos, beam_size)
     # As in training: speech inputs are [0, units...]; text starts right after them.
     rows = [[0] + ids[:self.lengths['speech'] - 1] for ids in speech_ids]
     prompt = {'speech': TowerInput.from_tokens(_right_padded(rows, self.lengths['speech']),
                                                lengths=[len(r) for r in rows]),
               'text': _start_token([len(r) for r in rows])}
-    return self._generate('text', prompt, self.lengths['text'], eos, beam_size)
+    return self._generate(self.text_tower, prompt, self.lengths['text'], eos, beam_size)
 
   def _tts(self, text_ids: list[list[int]], beam_size: int):
     eos = self.speech.eos_id + self.offset
     if self.single:  # [0, text..., end of text], then speech
-      return self._single([[0] + ids + [self.text.eos_id] for ids in text_ids], 'speech', eos,
-                          beam_size)
+      return self._single([[0] + ids + [self.text.eos_id] for ids in text_ids], eos, beam_size)
     rows = [[0] + ids[:self.lengths['text'] - 1] for ids in text_ids]
     prompt = {'text': TowerInput.from_tokens(_right_padded(rows, self.lengths['text']),
                                              lengths=[len(r) for r in rows]),
               'speech': _start_token([len(r) for r in rows])}
-    return self._generate('speech', prompt, self.lengths['speech'], eos, beam_size)
+    return self._generate(self.speech_tower, prompt, self.lengths['speech'], eos, beam_size)
 
-  def _single(self, rows: list[list[int]], output: str, eos: int, beam_size: int):
+  def _single(self, rows: list[list[int]], eos: int, beam_size: int):
     """Left-padded prompts in the Single Decoder's one sequence of `lengths[name]` tokens."""
     total = self.lengths[self.model.name]
     rows = [row[-(total - 1):] for row in rows]
     width = min(total - 1, PROMPT_BUCKET * math.ceil(max(map(len, rows)) / PROMPT_BUCKET))
-    return self._generate(output, {self.model.name: _left_padded(rows, width)}, total - width,
-                          eos, beam_size)
+    return self._generate(self.model.name, {self.model.name: _left_padded(rows, width)},
+                          total - width, eos, beam_size)
 
 
 def _right_padded(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:

@@ -7,12 +7,12 @@ import functools
 
 import numpy as np
 
-from zipper_jax import audio, text_normalization
+from zipper_jax.speech import audio, text_normalization
 
 
 @functools.cache
 def _decoder():
-  from pocketsphinx import Decoder
+  from pocketsphinx import Decoder  # its model loads in the processes that judge, only there
   return Decoder(samprate=audio.SAMPLE_RATE, loglevel='FATAL')
 
 

@@ -14,7 +14,7 @@ import re
 import subprocess
 from typing import Callable, Iterable, Iterator
 
-from zipper_jax import text_normalization
+from zipper_jax.speech import text_normalization
 
 MIN_WORDS, MAX_WORDS = 4, 30
 

@@ -4,11 +4,11 @@
   zipper import --from hf models/Qwen2-0.5B --to runs/qwen2   # config.json, *.safetensors
   zipper export --model_dir runs/zipper --tower text --to hf out/text
 
-An imported tower is laid out like a pre-training run, so everything that reads one reads it: an
-orbax checkpoint (step 0, parameters only) for `load_params` and `INIT_CHECKPOINTS`, `config.gin`
-with the tower's shape under its name's scope (`text/TowerConfig.*`), and its tokenizer under
-`vocabularies/`. An export is config.json, model.safetensors and tokenizer.json, as transformers'
-`from_pretrained` reads them.
+An imported tower is laid out like a pre-training run (`RunDir`), so everything that reads one
+reads it: an orbax checkpoint (step 0, parameters only) for `load_params` and
+`INIT_CHECKPOINTS`, `config.gin` with the tower model and its shape under its name's scope
+(`text/TowerConfig.*`), and its tokenizer under `vocabularies/`. An export is config.json,
+model.safetensors and tokenizer.json, as transformers' `from_pretrained` reads them.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import os
 import shutil
 import tempfile
 
-import gin
-
-from zipper_jax import checkpoints, configurables, gguf_llama, hf_llama, vocabularies
+from zipper_jax import checkpoints, vocabularies
+from zipper_jax.interop import gguf_llama, hf_llama
+from zipper_jax.run_dir import RunDir
 from zipper_jax.tower import TowerConfig
 
 GIN_FIELDS = ('vocab_size', 'num_layers', 'embed_dim', 'num_heads', 'num_kv_heads', 'head_dim',
@@ -48,19 +48,18 @@ def import_tower(source: str, to: str, name: str = 'text',
     raise ValueError(f'{source}: expected a .gguf file or a directory with config.json and '
                      '*.safetensors')
   config = hf_llama.tower_config(hf)
-  checkpoints.save_params(to, hf_llama.tower_params(tensors, config),
-                          {'step': 0, 'source': os.path.abspath(source)})
-  with open(os.path.join(to, 'config.gin'), 'w') as f:
-    f.write(tower_gin(config, name, f'`zipper import` from {os.path.basename(source)}'))
+  run = RunDir(to)
   with tempfile.TemporaryDirectory() as scratch:
     if tokenizer is not None:
       tokenizer_file = os.path.join(scratch, 'tokenizer.json')
       tokenizer.save(tokenizer_file)
     if tokenizer_file is None:
       logging.warning('no tokenizer.json with %s: %s has no vocabulary', source, to)
-    else:
-      vocabularies.save_vocabularies(to, {name: vocabularies.TokenizerVocabulary(
-          tokenizer_file, eos_id, bos_id)})
+    run.write_config(tower_gin(config, name, f'`zipper import` from {os.path.basename(source)}'),
+                     tokenizer_file and {name: vocabularies.TokenizerVocabulary(
+                         tokenizer_file, eos_id, bos_id)})
+  checkpoints.save_params(to, hf_llama.tower_params(tensors, config),
+                          {'step': 0, 'source': os.path.abspath(source)})
   return config
 
 
@@ -80,37 +79,23 @@ def first(token_id):
 
 
 def tower_gin(config: TowerConfig, name: str, origin: str) -> str:
-  """Gin bindings of `config` under scope `name`, in the manner of gin/models/*.gin."""
-  lines = [f'# The {name} tower of {origin}.']
+  """A tower model of `config` under scope `name`, in the manner of gin/models/*.gin."""
+  lines = [f'# The {name} tower of {origin}.', 'MODEL = @TowerModel()',
+           f'TowerModel.config = @{name}/TowerConfig()', f'TowerModel.name = {name!r}']
   lines += [f'{name}/TowerConfig.{field} = {getattr(config, field)!r}' for field in GIN_FIELDS]
   return '\n'.join(lines) + '\n'
 
 
-def run_tower_config(model_dir: str, tower: str) -> TowerConfig:
-  """The config of `tower` in the run in `model_dir`, from the config.gin it was trained (or
-  imported) with. Replaces this process's gin config, and leaves it empty."""
-  path = os.path.join(model_dir, 'config.gin')
-  gin.clear_config(clear_constants=True)
-  try:
-    gin.parse_config_file(path, skip_unknown=True)
-    try:
-      gin.query_parameter(f'{tower}/TowerConfig.num_layers')
-    except ValueError:
-      raise ValueError(f'{path} configures no tower {tower!r} ({tower}/TowerConfig)') from None
-    with gin.config_scope(tower):
-      return configurables.CONFIGURED['TowerConfig']()
-  finally:
-    gin.clear_config(clear_constants=True)
-
-
 def export_tower(model_dir: str, tower: str, out: str) -> TowerConfig:
   """Writes `tower` of the newest checkpoint in `model_dir` to `out` in HF's layout."""
-  config = run_tower_config(model_dir, tower)
-  params = checkpoints.load_params(model_dir)
+  run = RunDir(model_dir)
+  towers = run.model.tower_configs
+  if tower not in towers:
+    raise ValueError(f'{model_dir} has no tower {tower!r}; its towers: {sorted(towers)}')
+  config = towers[tower]
+  params = run.load_params()
   params = params.get(tower, params)  # a Zipper's towers are named; a tower run's are not
-  vocabulary = None
-  if os.path.exists(os.path.join(model_dir, 'vocabularies', 'index.json')):
-    vocabulary = vocabularies.load_vocabularies(model_dir).get(tower)
+  vocabulary = run.vocabularies().get(tower) if run.has_vocabularies() else None
   eos_id = bos_id = None
   os.makedirs(out, exist_ok=True)
   if isinstance(vocabulary, vocabularies.TokenizerVocabulary):

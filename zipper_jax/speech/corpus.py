@@ -29,15 +29,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
+import hashlib
 import json
 import os
 import tempfile
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from zipper_jax import (atomic_files, audio, corpus_text, parallel, speech_synthesis,
-                        text_normalization)
+import sentencepiece
+
+from zipper_jax import atomic_files, vocabularies
+from zipper_jax.speech import (audio, corpus_text, corpus_tfds, parallel, resynthesis, synthesis,
+                               text_normalization, tts_protocol, unit_tokenizer)
 
 SPLITS = ('text_only', 'speech_only', 'aligned', 'validation', 'test_clean', 'test_other')
 
@@ -47,7 +50,7 @@ class CorpusSize:
   """Sentences per split (a count, or a fraction of what the counts leave), who speaks the
   training splits and test_clean (voices, at rates), and the longest sentence in words."""
   splits: Mapping[str, int | float]
-  voices: tuple[str, ...] = speech_synthesis.FLITE_VOICES
+  voices: tuple[str, ...] = synthesis.FLITE_VOICES
   rates: tuple[float, ...] = (0.85, 1.0, 1.15)
   max_words: int = corpus_text.MAX_WORDS
 
@@ -64,7 +67,7 @@ SIZES = {
     'full': CorpusSize({'text_only': 0.4, 'speech_only': 0.3, 'aligned': 0.3, 'validation': 500,
                         'test_clean': 1000, 'test_other': 1000}),
 }
-TEST_OTHER_VOICES = speech_synthesis.PIPER_VOICES
+TEST_OTHER_VOICES = synthesis.PIPER_VOICES
 TEST_OTHER_RATES = (0.8, 1.25)
 TEST_OTHER_SNR_DB = 15.0
 TOKENIZER_UTTERANCES = 2000  # of speech_only, for the k-means and the resynthesiser
@@ -131,37 +134,10 @@ def plan(sentences: Sequence[tuple[str, str]], size: str | Mapping | CorpusSize,
   return utterances
 
 
-def _speak(job: tuple[Utterance, str, int]) -> str:
-  utterance, corpus_dir, seed = job
-  wav = speech_synthesis.synthesize(utterance.text, utterance.voice, utterance.rate)
-  if utterance.snr_db is not None:
-    wav = speech_synthesis.add_noise(wav, utterance.snr_db, seed=hash_seed(seed, utterance.id))
-  audio.write_audio(utterance.audio_path(corpus_dir), wav)
-  return utterance.id
-
-
-def hash_seed(seed: int, name: str) -> int:
-  """A per-item seed that does not depend on the order items are processed in."""
-  return int.from_bytes(name.encode(), 'little') % (2**31) ^ seed
-
-
-def _features(path: str):
-  from zipper_jax import speech_tokenizer
-  wav = audio.read_audio(path)
-  config = speech_tokenizer.FeatureConfig()
-  return speech_tokenizer.features(wav, config), speech_tokenizer.log_mel(wav, config)
-
-
-@functools.cache
-def _tokenizer(directory: str):
-  from zipper_jax import speech_tokenizer
-  return speech_tokenizer.SpeechTokenizer.load(directory)
-
-
-def _encode(job: tuple[str, str]) -> tuple[list[int], float]:
-  path, tokenizer_dir = job
-  wav = audio.read_audio(path)
-  return _tokenizer(tokenizer_dir).encode(wav).tolist(), len(wav) / audio.SAMPLE_RATE
+def noise_seed(seed: int, utterance_id: str) -> int:
+  """A per-utterance seed that does not depend on the order utterances are processed in."""
+  digest = hashlib.blake2b(utterance_id.encode(), digest_size=4).digest()
+  return int.from_bytes(digest, 'little') % 2**31 ^ seed
 
 
 def build(out: str, size: str | Mapping | CorpusSize = 'tiny', seed: int = 0,
@@ -176,9 +152,9 @@ def build(out: str, size: str | Mapping | CorpusSize = 'tiny', seed: int = 0,
                        f'apt-get install {" ".join(missing)} (`make system-packages`)')
   sentences = corpus_text.all_sentences() if sentences is None else list(sentences)
   utterances = plan(sentences, size, seed)
-  to_speak = [(u, out, seed) for u in utterances
-              if u.spoken and not os.path.exists(u.audio_path(out))]
-  parallel.parallel_map(_speak, to_speak, workers, 'synthesising')
+  to_speak = [(u.text, u.voice, u.rate, u.snr_db, noise_seed(seed, u.id), u.audio_path(out))
+              for u in utterances if u.spoken and not os.path.exists(u.audio_path(out))]
+  parallel.parallel_map(synthesis.speak_to_file, to_speak, workers, 'synthesising')
   for split in SPLITS:
     path = os.path.join(out, 'utterances', f'{split}.jsonl')
     if not os.path.exists(path):
@@ -199,7 +175,6 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
   utterance, {"id", "text", "audio"} (an audio path, absolute or relative to `out`; or
   "units" if it is tokenised already; no audio for text-only lines), then run
   `zipper corpus prepare DIR`."""
-  from zipper_jax import corpus_tfds, resynthesis, speech_tokenizer, vocabularies
   workers = workers or os.cpu_count()
   lines = {split: read_manifest(out, split, 'utterances') for split in SPLITS}
   tokenizer_dir = os.path.join(out, 'speech_tokenizer')
@@ -208,11 +183,11 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
              if 'audio' in line]
   # Speech that comes tokenised already needs neither.
   if fit_set and not (os.path.exists(tokenizer_dir) and os.path.exists(resynthesizer_path)):
-    featurised = parallel.parallel_map(_features, fit_set, workers, 'features')
+    featurised = parallel.parallel_map(unit_tokenizer.features_of_file, fit_set, workers, 'features')
     if not os.path.exists(tokenizer_dir):
-      speech_tokenizer.fit([f for f, _ in featurised], speech_tokenizer.FeatureConfig(),
+      unit_tokenizer.fit([f for f, _ in featurised], unit_tokenizer.FeatureConfig(),
                            seed=seed).save(tokenizer_dir)
-    tokenizer = speech_tokenizer.SpeechTokenizer.load(tokenizer_dir)
+    tokenizer = unit_tokenizer.SpeechTokenizer.load(tokenizer_dir)
     resynthesis.fit([tokenizer.quantize(f) for f, _ in featurised],
                     [mel for _, mel in featurised], tokenizer.config,
                     num_units=tokenizer.num_units).save(resynthesizer_path)
@@ -223,7 +198,7 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
       continue
     to_encode = [line for line in members if 'audio' in line and 'units' not in line]
     encoded = dict(zip((line['id'] for line in to_encode), parallel.parallel_map(
-        _encode, [(_audio_path(out, line), tokenizer_dir) for line in to_encode], workers,
+        unit_tokenizer.units_of_file, [(_audio_path(out, line), tokenizer_dir) for line in to_encode], workers,
         f'encoding {split}')))
     _write_jsonl(path, [_manifest_line(line, encoded.get(line['id'])) for line in members])
 
@@ -302,8 +277,6 @@ def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = No
   """Per split: utterances, hours, units per second, units per text token (the text tower's
   ticks on a cross-attention clock), and the judge's WER on a sample of the original audio and
   of its ground-truth units resynthesised: the floor and the ceiling of the TTS protocol."""
-  import sentencepiece
-  from zipper_jax import tts_protocol
   if not os.path.exists(os.path.join(corpus_dir, 'metadata.json')):
     raise FileNotFoundError(f'{corpus_dir}: no finished corpus (metadata.json is missing)')
   text_vocabulary = sentencepiece.SentencePieceProcessor(

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from zipper_jax import corpus_tfds
+from zipper_jax.speech import corpus_tfds
 from zipper_jax.vocabularies import train_text_vocabulary
 
 WORDS = ('the a one every small big red old young happy dog cat bird horse child man woman '

@@ -16,12 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from zipper_jax import evaluation
+from zipper_jax.speech import evaluation
 
 
 def training_curves(model_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{tag: (steps, values)} of every scalar in the run's event files (clu writes scalars as
   tensors)."""
+  # TensorBoard's readers take seconds to import; only a report reads event files.
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
   curves = collections.defaultdict(dict)
@@ -46,11 +47,17 @@ def _tower_losses(curves: dict) -> dict[str, tuple]:
           if tag.endswith('/loss') and tag.count('/') == 1 and not tag.startswith('eval')}
 
 
-def plot_training(runs: dict[str, dict], path: str) -> bool:
-  """One panel per tower, one line per run; False if no run has curves."""
+def _pyplot():
+  """matplotlib, drawing to files; imported here because it is heavy and only reports draw."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_training(runs: dict[str, dict], path: str) -> bool:
+  """One panel per tower, one line per run; False if no run has curves."""
+  plt = _pyplot()
   towers = sorted({t for curves in runs.values() for t in _tower_losses(curves)})
   if not towers:
     return False
@@ -70,9 +77,7 @@ def plot_training(runs: dict[str, dict], path: str) -> bool:
 
 def plot_wer(results: dict[str, dict], path: str, splits: Sequence[str]) -> bool:
   """Grouped bars: (split, ASR greedy / ASR beam / TTS) groups, one bar per run."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   groups = [(f'{split}\n{label}', f'{split}/{key}') for split in splits
             for label, key in (('ASR greedy', 'asr_greedy/wer'), ('ASR beam', 'asr_beam/wer'),
                                ('TTS', 'tts/wer'))]

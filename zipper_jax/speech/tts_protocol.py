@@ -1,10 +1,11 @@
 """The paper's TTS evaluation: speech units -> audio (the corpus's resynthesiser) -> an external
-ASR judge (`asr_judge`, pocketsphinx) -> WER against the text the speech should say.
+ASR judge (`judge`, pocketsphinx) -> WER against the text the speech should say.
 
 Two reference figures frame a model's: the judge on the original audio (the floor: what the judge
 itself gets wrong) and on resynthesised ground-truth units (the ceiling: the best a model that
 predicts the corpus's own units can reach through this resynthesiser). Judging runs in `workers`
-processes; this module imports nothing heavy, so they start quickly.
+processes; the modules they import load their heavy packages (librosa, pocketsphinx) only
+when first used, so they start quickly.
 """
 from __future__ import annotations
 
@@ -13,26 +14,23 @@ from typing import Sequence
 
 import numpy as np
 
-from zipper_jax import audio, metrics, parallel
+from zipper_jax.speech import audio, judge, metrics, parallel, resynthesis
 
 
 @functools.cache
 def _resynthesizer(path: str):
-  from zipper_jax import resynthesis
   return resynthesis.Resynthesizer.load(path)
 
 
 def _judge_units(job: tuple[str, Sequence[int]]) -> str:
-  from zipper_jax import asr_judge
   path, units = job
   if not len(units):
     return ''  # nothing generated: every word is an error
-  return asr_judge.transcribe(_resynthesizer(path).audio(np.asarray(units)))
+  return judge.transcribe(_resynthesizer(path).audio(np.asarray(units)))
 
 
 def _judge_file(path: str) -> str:
-  from zipper_jax import asr_judge
-  return asr_judge.transcribe(audio.read_audio(path))
+  return judge.transcribe(audio.read_audio(path))
 
 
 def judge_units(resynthesizer_path: str, unit_lists: Sequence[Sequence[int]],

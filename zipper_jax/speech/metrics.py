@@ -11,7 +11,7 @@ from typing import Sequence
 
 import jiwer
 
-from zipper_jax.text_normalization import normalize_transcript
+from zipper_jax.speech.text_normalization import normalize_transcript
 
 
 def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from zipper_jax import atomic_files
-from zipper_jax.speech_tokenizer import FeatureConfig
+from zipper_jax.speech.unit_tokenizer import FeatureConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Resynthesizer:
 
   def audio(self, units: np.ndarray, griffin_lim_iterations: int = 32) -> np.ndarray:
     """16 kHz float32 speech; deterministic (Griffin-Lim starts from a fixed phase)."""
-    import librosa
+    import librosa  # seconds to import: only where audio is made
     c = self.config
     magnitude = librosa.feature.inverse.mel_to_stft(
         np.exp(self.log_mel(units)).T, sr=c.sample_rate, n_fft=c.n_fft)
@@ -64,6 +64,7 @@ def fit(unit_arrays: Sequence[np.ndarray], log_mels: Sequence[np.ndarray],
         config: FeatureConfig, num_units: int = 1024, context: int = 2,
         alpha: float = 1.0) -> Resynthesizer:
   """Ridge regression from one-hot unit windows to the frames each unit stands for."""
+  # Only fitting needs these; judging processes, which load resynthesisers, start faster.
   import scipy.sparse
   from sklearn.linear_model import Ridge
   width = 2 * context + 1

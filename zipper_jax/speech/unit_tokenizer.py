@@ -13,13 +13,15 @@ centred, the last stack is padded); any sample rate or channel count is converte
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from zipper_jax import atomic_files, audio
+from zipper_jax import atomic_files
+from zipper_jax.speech import audio
 
 _LOG_FLOOR = 1e-6
 
@@ -42,7 +44,7 @@ class FeatureConfig:
 
 def log_mel(wav: np.ndarray, config: FeatureConfig) -> np.ndarray:
   """[frames, n_mels] natural-log mel power at 50 Hz."""
-  import librosa
+  import librosa  # seconds to import: only where audio is featurised
   if not wav.size:
     raise audio.AudioError('empty audio: no samples to encode')
   mel = librosa.feature.melspectrogram(
@@ -54,7 +56,7 @@ def log_mel(wav: np.ndarray, config: FeatureConfig) -> np.ndarray:
 def features(wav: np.ndarray, config: FeatureConfig) -> np.ndarray:
   """[units, stack * 3 * n_mfcc]: mean-normalised MFCCs, deltas and delta-deltas, `stack`
   frames to a row."""
-  import librosa
+  import librosa  # seconds to import: only where audio is featurised
   mfcc = librosa.feature.mfcc(S=log_mel(wav, config).T, n_mfcc=config.n_mfcc)
   frames = np.concatenate([mfcc] + [
       librosa.feature.delta(mfcc, width=config.delta_width, order=order, mode='nearest')
@@ -108,7 +110,7 @@ class SpeechTokenizer:
 def fit(feature_arrays: Sequence[np.ndarray], config: FeatureConfig, num_units: int = 1024,
         seed: int = 0, max_rows: int = 200_000) -> SpeechTokenizer:
   """k-means over (at most `max_rows`, sampled with `seed`) feature rows of many utterances."""
-  from sklearn.cluster import KMeans
+  from sklearn.cluster import KMeans  # only fitting needs it
   rows = np.concatenate(feature_arrays)
   if len(rows) < num_units:
     raise ValueError(f'{len(rows)} feature rows cannot fit {num_units} units: give the '
@@ -121,3 +123,24 @@ def fit(feature_arrays: Sequence[np.ndarray], config: FeatureConfig, num_units: 
       rows / scale)
   return SpeechTokenizer(config, kmeans.cluster_centers_.astype(np.float32),
                          scale.astype(np.float32))
+
+
+# Jobs of `parallel.parallel_map` while a corpus is built (one utterance each).
+
+def features_of_file(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(features, log mel) of an audio file: what the tokenizer and the resynthesiser fit on."""
+  wav = audio.read_audio(path)
+  config = FeatureConfig()
+  return features(wav, config), log_mel(wav, config)
+
+
+@functools.cache
+def _loaded(directory: str) -> SpeechTokenizer:
+  return SpeechTokenizer.load(directory)
+
+
+def units_of_file(job: tuple[str, str]) -> tuple[list[int], float]:
+  """(audio path, tokenizer folder) -> (units, seconds of audio)."""
+  path, tokenizer_dir = job
+  wav = audio.read_audio(path)
+  return _loaded(tokenizer_dir).encode(wav).tolist(), len(wav) / audio.SAMPLE_RATE

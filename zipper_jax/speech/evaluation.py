@@ -3,11 +3,15 @@
 - ASR: WER and CER (`metrics`: normalised transcripts, jiwer), greedy and beam search;
 - TTS by the paper's protocol (`tts_protocol`): generated units -> resynthesised audio -> the
   external judge -> WER against the input text, beside the judge's floor (original audio) and
-  ceiling (resynthesised ground-truth units);
+  ceiling (resynthesised ground-truth units) on the same sentences;
 - unimodal preservation: perplexity of held-out text (`text_lm`, validation) under the
   pre-trained text tower, under the run's own text tower alone, and inside the trained model with
   text-only input (a Zipper's gated cross-attention MLPs and input projection act on text even
   when no speech is there to attend to; the Single Decoder's text tower is the model).
+
+Examples come from the registered test tasks (`asr`, `tts`, or the Single Decoder's `single_`
+twins) through `infer.predict_task`, as any task is decoded; only the floor reads the corpus's
+original audio of the same sentences.
 
 `SpeechTextEval` is a hook, hook(step, model, params) -> {name: value}: `zipper eval` calls it on
 a checkpoint (gin/runs/eval_speech_text.gin) and the trainer every `train.eval_every` steps
@@ -21,32 +25,35 @@ from typing import Mapping, Sequence
 
 import gin
 
-from zipper_jax import atomic_files, checkpoints, corpus, metrics, models, tts_protocol
+from zipper_jax import atomic_files, data, infer, models
 from zipper_jax import train as train_lib
-from zipper_jax import vocabularies
-from zipper_jax.inference import SpeechText
+from zipper_jax.run_dir import RunDir
+from zipper_jax.speech import corpus, metrics, text_normalization, tts_protocol
+from zipper_jax.speech.inference import SpeechText
+from zipper_jax.speech.vocabulary import SpeechVocabulary
 
 SPLITS = ('test_clean', 'test_other')
 
 
 @gin.configurable
 class SpeechTextEval:
-  """`model_dir`: the run (its vocabularies; results go to its eval/). `text_tower_dir`: the text
-  tower's pre-training run, for the perplexity of the tower alone (None: not measured).
-  `asr_utterances`, `tts_utterances`: the first so many of each split (None: all; 0 tts: no TTS;
-  `beam_size` 1: greedy only); the judge takes
-  about half a second per second of clean speech, and some four times that on resynthesised
-  speech. `corpus_dir`: the test manifests (default $ZIPPER_CORPUS_DIR). `reference_dir`: where
-  the protocol's floor and ceiling are kept (default MODEL_DIR/eval)."""
+  """`model_dir`: the run (its vocabularies and lengths; results go to its eval/).
+  `text_tower_dir`: the text tower's pre-training run, for the perplexity of the tower alone
+  (None: not measured). `asr_utterances`, `tts_utterances`: the first so many of each split
+  (None: all; 0 tts: no TTS; `beam_size` 1: greedy only); the judge takes about half a second
+  per second of clean speech, and some four times that on resynthesised speech. `corpus_dir`:
+  where the original audio is (default: the folder the tasks read). `reference_dir`: where the
+  protocol's floor and ceiling are kept (default MODEL_DIR/eval)."""
 
   def __init__(self, *, model_dir: str = gin.REQUIRED,
-               task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+               task_feature_lengths: Mapping[str, int] | None = None,
                text_tower_dir: str | None = None, splits: Sequence[str] = SPLITS,
                beam_size: int = 4, asr_utterances: int | None = None,
                tts_utterances: int | None = 32, batch_size: int = 16,
                perplexity_batches: int | None = None, judge_workers: int = 2,
                corpus_dir: str | None = None, reference_dir: str | None = None):
-    self.model_dir, self.lengths = model_dir, dict(task_feature_lengths)
+    self.run = RunDir(model_dir)
+    self.lengths = dict(task_feature_lengths or self.run.task_feature_lengths)
     self.text_tower_dir, self.splits, self.beam_size = text_tower_dir, tuple(splits), beam_size
     self.asr_utterances, self.tts_utterances = asr_utterances, tts_utterances
     self.batch_size, self.perplexity_batches = batch_size, perplexity_batches
@@ -54,65 +61,79 @@ class SpeechTextEval:
     self.corpus_dir, self.reference_dir = corpus_dir, reference_dir
 
   def __call__(self, step: int, model: models.Model, params) -> dict[str, float]:
-    import tasks.speech_text  # noqa: F401 -- registers text_lm; the corpus's default folder
-    corpus_dir = self.corpus_dir or tasks.speech_text.CORPUS_DIR
-    system = SpeechText(model, params, vocabularies.load_vocabularies(self.model_dir),
-                        self.lengths, self.batch_size)
-    speech = system.speech
+    system = SpeechText(model, params, self.run.vocabularies(), self.lengths, self.batch_size)
+    prefix = 'single_' if system.single else ''
     flat = {}
     for split in self.splits:
-      lines = corpus.read_manifest(corpus_dir, split)
-      result = {'step': int(step), **self._asr(system, lines[:self.asr_utterances])}
-      if (self.tts_utterances != 0 and isinstance(speech, vocabularies.SpeechVocabulary)
-          and speech.has_assets):
-        result['tts'] = self._tts(system, split, lines[:self.tts_utterances], corpus_dir)
-      self._write(f'{split}.json', result)
+      result = {'step': int(step), **self._asr(system, f'{prefix}asr', split)}
+      if (self.tts_utterances != 0 and isinstance(system.speech, SpeechVocabulary)
+          and system.speech.has_assets):
+        result['tts'] = self._tts(system, f'{prefix}tts', split)
+      self.run.write_eval(split, result)
       flat |= {f'{split}/{key}': value for key, value in flatten(result).items()}
     perplexity = {'step': int(step), **self._perplexity(model, params, system.single)}
-    self._write('text_perplexity.json', perplexity)
+    self.run.write_eval('text_perplexity', perplexity)
     flat |= {f'text/{k}': v for k, v in perplexity.items() if k != 'step'}
-    print(f'\n{self.model_dir} at step {step}:\n' + format_table({model.__class__.__name__: flat},
-                                                                 self.splits), flush=True)
+    print(f'\n{self.run.path} at step {step}:\n' + format_table(
+        {model.__class__.__name__: flat}, self.splits), flush=True)
     return flat
 
-  def _asr(self, system: SpeechText, lines: list[dict]) -> dict:
-    references = [line['text'] for line in lines]
-    units = [line['units'] for line in lines]
-    result = {'utterances': len(lines), 'beam_size': self.beam_size}
+  def _predict(self, system: SpeechText, task: str, split: str, output: str, examples,
+               beam_size: int = 1) -> list[dict]:
+    return infer.predict_task(system.model, system.params, task, split, output=output,
+                              lengths=self.lengths, batch_size=self.batch_size,
+                              max_examples=examples, beam_size=beam_size)
+
+  def _asr(self, system: SpeechText, task: str, split: str) -> dict:
+    result = {'beam_size': self.beam_size}
     for name, beam_size in (('greedy', 1), ('beam', self.beam_size))[:1 + (self.beam_size > 1)]:
-      hypotheses = system.transcribe_units(units, beam_size)
+      examples = self._predict(system, task, split, system.text_tower, self.asr_utterances,
+                               beam_size)
+      references = [system.text_of(e['target']) for e in examples]
+      hypotheses = [system.text_of(e['prediction']) for e in examples]
+      result['utterances'] = len(examples)
       result[f'asr_{name}'] = metrics.error_rates(references, hypotheses)
       if beam_size == 1:
         result['asr_samples'] = [{'reference': r, 'hypothesis': h}
                                  for r, h in zip(references[:5], hypotheses[:5])]
     return result
 
-  def _tts(self, system: SpeechText, split: str, lines: list[dict], corpus_dir: str) -> dict:
-    """The model's judged WER, and the protocol's floor and ceiling on the same utterances."""
-    texts = [line['text'] for line in lines]
-    resynthesizer = os.path.join(system.speech.assets_dir, system.speech.RESYNTHESIZER)
-    heard = tts_protocol.judge_units(resynthesizer, system.speak_units(texts),
+  def _tts(self, system: SpeechText, task: str, split: str) -> dict:
+    """The model's judged WER, and the protocol's floor and ceiling on the same sentences."""
+    examples = self._predict(system, task, split, system.speech_tower, self.tts_utterances)
+    texts = [system.text_of(e['prompt'][system.text_tower]) for e in examples]
+    resynthesizer = system.speech.resynthesizer_path
+    heard = tts_protocol.judge_units(resynthesizer, [system.units_of(e['prediction'])
+                                                     for e in examples],
                                      self.judge_workers, 'judging generated speech')
-    return {'utterances': len(lines), **metrics.error_rates(texts, heard),
-            **self._reference_figures(split, lines, resynthesizer, corpus_dir),
+    truth = [system.units_of(e['target']) for e in examples]
+    return {'utterances': len(examples), **metrics.error_rates(texts, heard),
+            **self._reference_figures(task, split, texts, truth, resynthesizer),
             'samples': [{'text': t, 'heard': h} for t, h in zip(texts[:3], heard[:3])]}
 
-  def _reference_figures(self, split: str, lines: list[dict], resynthesizer: str,
-                         corpus_dir: str) -> dict:
+  def _reference_figures(self, task: str, split: str, texts: list[str], truth: list,
+                         resynthesizer: str) -> dict:
     """The protocol's floor and ceiling, which depend on the corpus alone: computed once and
     kept in `reference_dir` (runs on one corpus may share it)."""
-    path = os.path.join(self.reference_dir or os.path.join(self.model_dir, 'eval'),
-                        f'tts_reference_{split}_{len(lines)}.json')
+    path = os.path.join(self.reference_dir or self.run.eval_dir,
+                        f'tts_reference_{split}_{len(texts)}.json')
     if os.path.exists(path):
       with open(path) as f:
         return json.load(f)
-    audio = ([os.path.join(corpus_dir, line['audio']) for line in lines]
-             if all('audio' in line for line in lines) else None)
-    figures = tts_protocol.reference_figures([line['text'] for line in lines],
-                                             [line['units'] for line in lines], resynthesizer,
-                                             audio, self.judge_workers)
+    figures = tts_protocol.reference_figures(texts, truth, resynthesizer,
+                                             self._original_audio(task, split, texts),
+                                             self.judge_workers)
     atomic_files.write_json(path, figures)
     return figures
+
+  def _original_audio(self, task: str, split: str, texts: list[str]) -> list[str] | None:
+    """The corpus's recordings of `texts` (None where any is missing: no floor)."""
+    corpus_dir = self.corpus_dir or data.mixture_or_task(task).source.tfds_dataset.data_dir
+    by_text = {text_normalization.normalize_transcript(line['text']):
+               os.path.join(corpus_dir, line['audio'])
+               for line in corpus.read_manifest(corpus_dir, split) if 'audio' in line}
+    paths = [by_text.get(text_normalization.normalize_transcript(t)) for t in texts]
+    return None if None in paths else paths
 
   def _perplexity(self, model: models.Model, params, single: bool) -> dict:
     """Held-out text's perplexity, on the same tokens: inside `model` (text-only input), under
@@ -128,12 +149,9 @@ class SpeechTextEval:
     if not single:
       result['run_text_tower'] = text_lm(tower, params['text'], 'text_lm', {'text': text_length})
     if self.text_tower_dir:
-      result['tower_alone'] = text_lm(tower, checkpoints.load_params(self.text_tower_dir),
+      result['tower_alone'] = text_lm(tower, RunDir(self.text_tower_dir).load_params(),
                                       'text_lm', {'text': text_length})
     return result
-
-  def _write(self, name: str, result: dict) -> None:
-    atomic_files.write_json(os.path.join(self.model_dir, 'eval', name), result)
 
 
 def flatten(result: Mapping, prefix: str = '') -> dict[str, float]:
@@ -149,13 +167,12 @@ def flatten(result: Mapping, prefix: str = '') -> dict[str, float]:
 
 def load_results(model_dir: str, splits: Sequence[str] = SPLITS) -> dict[str, float]:
   """The flat figures a run's last evaluation wrote (those it has)."""
-  flat = {}
+  run, flat = RunDir(model_dir), {}
   for name in (*splits, 'text_perplexity'):
-    path = os.path.join(model_dir, 'eval', f'{name}.json')
-    if os.path.exists(path):
-      with open(path) as f:
-        flat |= {f'{name}/{k}' if name in splits else f'text/{k}': v
-                 for k, v in flatten(json.load(f)).items()}
+    result = run.read_eval(name)
+    if result is not None:
+      flat |= {f'{name}/{k}' if name in splits else f'text/{k}': v
+               for k, v in flatten(result).items()}
   return flat
 
 

