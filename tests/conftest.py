@@ -42,6 +42,16 @@ SPEECH = TowerConfig(vocab_size=48, num_layers=3, embed_dim=24, num_heads=3, hea
 TWO_WAY = (Edge('text', 'speech', 1), Edge('speech', 'text', 1))
 
 
+def zipper_error(capsys, argv) -> str:
+  """The one line `zipper argv` prints for a user's error (it exits 2)."""
+  from zipper_jax import main
+  capsys.readouterr()
+  assert main.main(argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('zipper: error: '), lines
+  return lines[0]
+
+
 def random_tokens(seed, shape, vocab, low=1):
   return jnp.asarray(np.random.default_rng(seed).integers(low, vocab, shape), jnp.int32)
 

@@ -59,6 +59,11 @@ def _single_decoder_asr(ex):
                                        tf.ones_like(text, tf.float32)], 0)}
 
 
+def _shift(name, by):
+  """Ids moved out of their vocabulary: what a task built for another tower would hold."""
+  return seqio.map_over_dataset(lambda ex: {**ex, name: ex[name] + by})
+
+
 def _drop(*names):
   return seqio.map_over_dataset(lambda ex: {k: v for k, v in ex.items() if k not in names})
 
@@ -68,6 +73,12 @@ for _name, _preprocessors, _features_of in (
     ('toy_text_lm', [_drop('speech')], ('text',)),
     ('toy_speech_lm', [_drop('text')], ('speech',)),
     ('toy_asr_single', [_single_decoder_asr], ('single',)),
+    ('toy_asr_ids_too_large', [_shift('text', TEXT_VOCAB),
+                               sequential_layout(['speech', 'text'], loss_on=['text'])],
+     ('speech', 'text')),
+    ('toy_asr_ids_negative', [_shift('speech', -SPEECH_VOCAB),
+                              sequential_layout(['speech', 'text'], loss_on=['text'])],
+     ('speech', 'text')),
 ):
   if _name not in seqio.TaskRegistry.names():
     seqio.TaskRegistry.add(_name, source=_source(), preprocessors=_preprocessors,

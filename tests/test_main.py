@@ -1,6 +1,7 @@
 """The `zipper` command: gin errors before compute, SIGTERM, evaluation of a run."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,9 +11,10 @@ import gin
 import numpy as np
 import pytest
 
+from conftest import zipper_error
 from synthetic_tasks import SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
 from zipper_jax import checkpoints, main
-from zipper_jax.run_dir import RunMismatch
+from zipper_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FROZEN_TEXT = ['--gin_file=gin/models/tiny.gin', '--gin_file=gin/runs/zipper_frozen_text.gin']
@@ -24,22 +26,35 @@ def clean_gin():
   gin.clear_config(clear_constants=True)
 
 
-def test_misspelt_binding_fails_before_any_compute():
-  with pytest.raises(ValueError, match="'train' doesn't have a parameter named 'batch_sise'"):
-    main.main(['train', *TINY_FROZEN_TEXT, '--gin.train.batch_sise=3'])
+def test_misspelt_binding_fails_before_any_compute(capsys):
+  error = zipper_error(capsys, ['train', *TINY_FROZEN_TEXT, '--gin.train.batch_sise=3'])
+  assert "'train' doesn't have a parameter named 'batch_sise'" in error
+  with pytest.raises(UserError, match='batch_sise'):  # --verbose: the exception, traceback and all
+    main.main(['train', *TINY_FROZEN_TEXT, '--gin.train.batch_sise=3', '--verbose'])
 
 
-def test_missing_macro_is_named():
-  with pytest.raises(ValueError, match='MODEL_DIR'):
-    main.main(['train', *TINY_FROZEN_TEXT])
+def test_missing_macro_and_missing_file_are_named(capsys):
+  assert 'MODEL_DIR' in zipper_error(capsys, ['train', *TINY_FROZEN_TEXT])
+  assert 'gin/runs/no_such_run.gin' in zipper_error(
+      capsys, ['train', '--gin_file=gin/runs/no_such_run.gin'])
 
 
-def test_an_unregistered_task_says_how_to_register_it(tmp_path):
-  with pytest.raises(ValueError, match="no seqio task or mixture is named 'asr_tts_typo'.*import"):
-    main.main(['train', *TINY_FROZEN_TEXT, f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
-               "--gin.MIXTURE_OR_TASK_NAME='asr_tts_typo'", '--gin.TRAIN_STEPS=1',
-               "--gin.TASK_FEATURE_LENGTHS={'speech': 8, 'text': 8}", '--gin.TEXT_VOCAB_SIZE=64'])
+def test_an_unregistered_task_says_how_to_register_it(tmp_path, capsys):
+  error = zipper_error(capsys, [
+      'train', *TINY_FROZEN_TEXT, f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+      "--gin.MIXTURE_OR_TASK_NAME='asr_tts_typo'", '--gin.TRAIN_STEPS=1',
+      "--gin.TASK_FEATURE_LENGTHS={'speech': 8, 'text': 8}", '--gin.TEXT_VOCAB_SIZE=64'])
+  assert "no seqio task or mixture is named 'asr_tts_typo'" in error and 'import' in error
   assert not os.path.exists(tmp_path / 'run')  # nothing written for a run that cannot start
+
+
+def test_a_users_error_is_one_line_without_start_up_noise(tmp_path):
+  """As a terminal shows it: one line on stderr, exit 2, no TensorFlow or absl banner."""
+  done = subprocess.run([sys.executable, '-m', 'zipper_jax.main', 'train', *TINY_FROZEN_TEXT,
+                         '--gin.train.batch_sise=3'], cwd=REPO, capture_output=True, text=True,
+                        env={k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'})
+  assert done.returncode == 2 and done.stdout == ''
+  assert done.stderr.startswith('zipper: error: ') and done.stderr.count('\n') == 1, done.stderr
 
 
 def test_help_explains_each_command(capsys):
@@ -54,7 +69,7 @@ def test_help_explains_each_command(capsys):
   assert 'newest checkpoint' in help_text('eval')
 
 
-def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, capsys):
   env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'), JAX_PLATFORMS='cpu')
   process = subprocess.Popen(
       [sys.executable, '-u', '-m', 'zipper_jax.main', 'train',
@@ -79,8 +94,8 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path):
                f'--gin.TEXT_VOCAB_SIZE={TEXT_VOCAB}', f'--gin.SPEECH_VOCAB_SIZE={SPEECH_VOCAB}']
   # Same parameter shapes, other wiring: refused, not scored wrong.
   clocked = "--gin.ZipperConfig.cross_attention_clock={'text': 5.0, 'speech': 1.0}"
-  with pytest.raises(RunMismatch, match=r'cross_attention_clock is .*5\.0.* here, None in the run'):
-    main.main(evaluate + model_gin + [clocked])
+  assert re.search(r'cross_attention_clock is .*5\.0.* here, None in the run',
+                   zipper_error(capsys, evaluate + model_gin + [clocked]))
   assert not os.path.exists(tmp_path / 'run' / 'eval')
   scores = []
   for given in (model_gin, []):  # the run's own model gin files, then none: the run's config.gin

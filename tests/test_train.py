@@ -14,6 +14,7 @@ import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
 from zipper_jax import batch, checkpoints, data, models, optimizer, partitioning, train, vocabularies
+from zipper_jax.errors import UserError
 from zipper_jax.zipper import ZipperConfig
 
 TOWERS = {'text': dataclasses.replace(TEXT, vocab_size=TEXT_VOCAB),
@@ -53,22 +54,79 @@ def test_training_learns_and_leaves_the_frozen_tower_alone(tmp_path):
                 fresh_params(ZIPPER)['speech']['block_0']['mlp']['up']['kernel'])
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize('position', ['saved', 'lost'])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, position):
   straight = run(tmp_path / 'straight', 10)
   run(tmp_path / 'resumed', 5)
+  if position == 'lost':  # e.g. saved by another number of processes: read through instead
+    shutil.rmtree(tmp_path / 'resumed' / 'data_state')
+  reads, read = [], data.DataIterator.__next__
+  monkeypatch.setattr(data.DataIterator, '__next__', lambda self: reads.append(1) or read(self))
   resumed = run(tmp_path / 'resumed', 10)
   assert int(resumed.step) == 10
+  # Steps 6-10, and the batch that finds the run done; through the first five only if lost.
+  assert len(reads) == 6 + 5 * (position == 'lost')
   assert_trees_equal(resumed.all_params, straight.all_params)
   assert_trees_equal(resumed.opt_state, straight.opt_state)
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+@pytest.mark.parametrize('damage', ['a folder removed', 'a file corrupt'])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, damage):
   run(tmp_path, 10)
-  shutil.rmtree(tmp_path / 'checkpoints' / '10' / 'params')
+  step = tmp_path / 'checkpoints' / '10'
+  if damage == 'a folder removed':
+    shutil.rmtree(step / 'params')
+  else:
+    for manifest in (step / 'params').rglob('manifest.ocdbt'):
+      manifest.write_bytes(b'garbage')
   with caplog.at_level(logging.WARNING):
     state = run(tmp_path, 5)  # nothing left to do once step 5 is restored
   assert int(state.step) == 5
-  assert 'checkpoint step 10' in caplog.text and 'unreadable' in caplog.text
+  assert 'checkpoint step 10' in caplog.text and 'damaged' in caplog.text
+
+
+def test_a_checkpoint_of_other_shapes_stops_the_run_instead_of_starting_over(tmp_path):
+  run(tmp_path, 5)
+  wider = models.ZipperModel(ZipperConfig(
+      {**TOWERS, 'speech': dataclasses.replace(TOWERS['speech'], mlp_dim=56)}, TWO_WAY))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"step 5 .* holds params\[.*\['mlp'\]\['down'\]\['kernel'\] of "
+                           r'shape \(48, 24\), not \(56, 24\)'):
+    run(tmp_path, 10, model=wider)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['5']
+
+
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_one_before(tmp_path, monkeypatch):
+  save = checkpoints.ocp.JsonCheckpointHandler.async_save
+  calls = []
+
+  async def full_disk(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # the metadata of the second save, step 10
+      raise OSError(28, 'No space left on device')
+    return await save(self, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoints.ocp.JsonCheckpointHandler, 'async_save', full_disk)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'writing checkpoint step 10 .* No space left on device.*\[5\]'):
+    run(tmp_path, 15)
+  monkeypatch.undo()
+  assert checkpoints.latest_step(str(tmp_path)) == 5
+  assert int(run(tmp_path, 15).step) == 15  # resumed from step 5 once there is room
+
+
+@pytest.mark.parametrize('task, feature, id_pattern, size', [
+    ('toy_asr_ids_too_large', 'text', r'(6[4-9]|[7-9]\d|1[0-2]\d)', 64),
+    ('toy_asr_ids_negative', 'speech', r'-\d+', 48)])
+def test_a_token_id_outside_its_vocabulary_stops_the_run_before_any_step(
+    tmp_path, task, feature, id_pattern, size):
+  with pytest.raises(UserError, match=rf"task '{task}', feature '{feature}': token id "
+                                      rf"{id_pattern} is outside the {feature} tower's "
+                                      rf'vocabulary of {size} ids'):
+    run(tmp_path, 5, task=task)
+  assert checkpoints.latest_step(str(tmp_path)) is None
+  with pytest.raises(UserError, match=rf"task '{task}', feature '{feature}'"):
+    train.evaluate(ZIPPER, fresh_params(ZIPPER), task, LENGTHS, 16, partitioner=ONE_DEVICE)
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,12 +1,19 @@
 """Orbax checkpoints of a training run: parameters, optimizer state, and where the data stood.
 
 Saves are asynchronous and atomic (orbax writes a temporary directory and renames it when
-complete, so a save cut short is never listed as a step); the newest `keep` are kept. A step that
-is listed but cannot be read (a damaged disk, a file removed by hand) is skipped with a warning
-in favour of the one before it.
+complete, so a save cut short is never listed as a step); the newest `keep` are kept. A save that
+fails (a full disk, no permission) stops the run, naming the step and the cause; the steps before
+it stay readable.
+
+A step that is listed but damaged (a file missing or corrupt) is skipped with a warning in
+favour of the one before it, by every process alike. Anything else that stops a restore (a
+checkpoint of other shapes, a bug) is an error naming the step and the cause, never a silent
+fresh start.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 from typing import Any
@@ -14,9 +21,18 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from zipper_jax.errors import UserError
+
 ITEMS = ('params', 'opt_state', 'meta')
+# What tensorstore says of files that are missing or cannot be decoded.
+_DAMAGE_CODES = ('DATA_LOSS', 'NOT_FOUND', 'Error opening', 'Error reading', 'Error decoding')
+
+
+class CheckpointError(UserError):
+  """A checkpoint that cannot be written (disk, permissions), or that is another model's."""
 
 
 class Checkpointer:
@@ -25,14 +41,19 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = os.path.join(os.path.abspath(directory), 'checkpoints')
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=ITEMS,
+        self.directory, item_handlers=_item_handlers(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save))
+    self._saving = None  # the step of the newest save started
 
   def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)))
+    """Starts saving `step`, once the save before it is finished (its failure is raised here)."""
+    self.wait()
+    self._saving = step
+    with self._naming_failures():
+      self.manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+          meta=ocp.args.JsonSave(meta)))
 
   def restore_latest(self, abstract_params, abstract_opt_state):
     """(step, params, opt_state, meta) of the newest readable step, or None if there is none.
@@ -43,14 +64,26 @@ class Checkpointer:
     found = _newest_readable(self.manager, self.directory, lambda step: ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params),
         opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        meta=ocp.args.JsonRestore()))
+        meta=ocp.args.JsonRestore()), {'params': abstract_params})
     if found is None:
       return None
     step, restored = found
     return step, restored.params, restored.opt_state, dict(restored.meta)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._naming_failures():
+      self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _naming_failures(self):
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 -- whatever the storage says, with the step it hit
+      step = self._saving
+      raise CheckpointError(
+          f'writing checkpoint step {step} under {self.directory} failed ({type(e).__name__}: '
+          f'{e}); the steps before it are intact ({self.manager.all_steps(read=True)}): free '
+          'space or fix permissions, then resume') from e
 
   def close(self) -> None:
     self.manager.close()
@@ -93,10 +126,8 @@ def load_step_and_params(model_dir: str, abstract_params=None, sharding=None):
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'no checkpoints under {model_dir!r} (looked for {directory})')
   manager = ocp.CheckpointManager(
-      directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={'params': ocp.StandardCheckpointHandler(),
-                     'opt_state': ocp.StandardCheckpointHandler(),
-                     'meta': ocp.JsonCheckpointHandler()})
+      directory, item_handlers=_item_handlers(),
+      options=ocp.CheckpointManagerOptions(read_only=True))
 
   def args(step):
     target = abstract_params
@@ -113,13 +144,57 @@ def load_step_and_params(model_dir: str, abstract_params=None, sharding=None):
   return found[0], found[1].params
 
 
-def _newest_readable(manager, directory: str, args):
-  """(step, restored items) of the newest step that restores, or None; `args(step)` says what
-  to restore."""
+def _item_handlers() -> dict:
+  """How each item of a step is written: what reading its metadata back needs too."""
+  return {'params': ocp.StandardCheckpointHandler(),
+          'opt_state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+
+
+def _newest_readable(manager, directory: str, args, targets=None):
+  """(step, restored items) of the newest step that every process restores, or None; `args(step)`
+  says what to restore, `targets` ({item: abstract tree}) what shapes it must have."""
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      return step, manager.restore(step, args=args(step))
-    except Exception as e:  # noqa: BLE001 -- any unreadable step falls back to the previous
-      logging.warning('checkpoint step %d in %s is unreadable (%s: %s); trying the one before',
+      if targets:
+        _check_shapes(manager, step, targets)
+      restored = manager.restore(step, args=args(step))
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001 -- sorted below: damage falls back, the rest stops
+      if not _is_damage(e):
+        raise RuntimeError(f'checkpoint step {step} in {directory} cannot be restored '
+                           f'({type(e).__name__}: {e})') from e
+      logging.warning('checkpoint step %d in %s is damaged (%s: %s); trying the one before',
                       step, directory, type(e).__name__, e)
+      restored = None
+    # A step damaged on one host is skipped by all: they must restore the same one.
+    if multihost_utils.process_allgather(np.asarray(restored is not None)).all():
+      return step, restored
   return None
+
+
+def _is_damage(error: Exception) -> bool:
+  """A file missing, truncated or corrupt: what a damaged disk or a hand-deleted file leaves."""
+  return (isinstance(error, (OSError, KeyError, json.JSONDecodeError)) or
+          (isinstance(error, ValueError) and any(c in str(error) for c in _DAMAGE_CODES)))
+
+
+def _check_shapes(manager, step: int, targets) -> None:
+  """A step of other shapes is another model's: an error, not damage to skip."""
+  metadata = manager.item_metadata(step)
+  for item, target in targets.items():
+    stored = metadata[item]
+    stored = getattr(stored, 'tree', stored)
+    want = jax.tree_util.tree_flatten_with_path(target)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(
+        stored, is_leaf=lambda x: hasattr(x, 'shape'))[0])
+    for path, leaf in want:
+      name = f'{item}{jax.tree_util.keystr(path)}'
+      found = have.get(path)
+      if found is None:
+        raise CheckpointError(f'checkpoint step {step} in {manager.directory} holds no {name}: '
+                              "it is another model's checkpoint")
+      if tuple(found.shape) != tuple(leaf.shape):
+        raise CheckpointError(
+            f'checkpoint step {step} in {manager.directory} holds {name} of shape '
+            f"{tuple(found.shape)}, not {tuple(leaf.shape)}: it is another model's checkpoint")

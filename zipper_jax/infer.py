@@ -32,8 +32,9 @@ def task_batches(model: Model, task: str, split: str, lengths: Mapping[str, int]
   with padding rows, so that every batch has one shape."""
   batches = data.get_dataset(task, lengths, model.towers, batch_size, split=split,
                              shuffle=False, seed=None, num_epochs=1, drop_remainder=False)
-  seen = 0
+  seen, source = 0, data.describe(task)
   for batch in batches.as_numpy_iterator():
+    data.check_token_ids(batch, model.vocab_sizes, source)
     rows = len(next(iter(batch.values())))
     if max_examples is not None:
       rows = min(rows, max_examples - seen)

@@ -8,6 +8,10 @@ Gin files are looked up relative to the working directory and to the repository 
 `include 'gin/models/tiny.gin'` works from anywhere. Every binding is checked when the files are
 parsed: a misspelt name stops the command before any compute.
 
+A user's error (a misspelt binding, a missing file, an unknown task, bad audio, a run of another
+model) is printed as one line, `zipper: error: ...`, with exit status 2; `--verbose` (or
+ZIPPER_DEBUG=1) shows its traceback and TensorFlow's start-up messages too.
+
 The other commands take plain flags (`zipper COMMAND --help`): `predict` and `score` here, and
 those that products built on the framework add (the speech corpus, transcribe and speak, report;
 import and export). A product adds commands through the `zipper.commands` entry point group
@@ -16,6 +20,7 @@ import and export). A product adds commands through the `zipper.commands` entry 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -23,13 +28,38 @@ import os
 import sys
 from typing import Callable, Mapping, Sequence
 
-import gin
-import jax
+VERBOSE_FLAG = '--verbose'
 
-from zipper_jax import batch, infer, models, partitioning
-from zipper_jax import train as train_lib
-from zipper_jax import configurables  # noqa: F401 -- registers what gin can configure
-from zipper_jax.run_dir import RunDir
+
+@contextlib.contextmanager
+def silenced_stderr(silence: bool):
+  """While TensorFlow is imported it writes notices (oneDNN, CPU features, absl's pre-init
+  warning) straight to file descriptor 2; they are not for a user's terminal."""
+  if not silence:
+    yield
+    return
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+with silenced_stderr(VERBOSE_FLAG not in sys.argv and os.environ.get('ZIPPER_DEBUG') != '1'):
+  import tensorflow  # noqa: F401 -- first imported here, where its notices are silenced
+
+import gin  # noqa: E402
+import jax  # noqa: E402
+
+from zipper_jax import batch, infer, models, partitioning  # noqa: E402
+from zipper_jax import train as train_lib  # noqa: E402
+from zipper_jax import configurables  # noqa: E402,F401 -- registers what gin can configure
+from zipper_jax.errors import UserError  # noqa: E402
+from zipper_jax.run_dir import RunDir  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS_GROUP = 'zipper.commands'  # entry points: add_parser(subparsers) of other commands
@@ -100,7 +130,13 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], finalize: bool 
   gin.clear_config(clear_constants=True)
   for path in (os.getcwd(), REPO_ROOT):
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=finalize)
+  logging.disable(logging.ERROR)  # gin logs each search path that lacks a file: not errors
+  try:
+    gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=finalize)
+  except (ValueError, OSError, SyntaxError) as e:  # gin's word for a typo or a missing file
+    raise UserError(f'gin: {e}') from e
+  finally:
+    logging.disable(logging.NOTSET)
 
 
 def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -174,12 +210,28 @@ def run_gin_command(args, bindings: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = VERBOSE_FLAG in argv or os.environ.get('ZIPPER_DEBUG') == '1'
+  argv = [arg for arg in argv if arg != VERBOSE_FLAG]
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-  argv, bindings = split_gin_bindings(sys.argv[1:] if argv is None else argv)
+  logging.getLogger('absl').setLevel(logging.INFO if verbose else logging.ERROR)
+  argv, bindings = split_gin_bindings(argv)
   args = build_parser().parse_args(argv)
   if args.run is not run_gin_command and bindings:
     raise SystemExit(f'zipper {args.command} takes no --gin. bindings: {bindings}')
-  return args.run(args, bindings) if args.run is run_gin_command else args.run(args)
+  try:
+    return args.run(args, bindings) if args.run is run_gin_command else args.run(args)
+  except UserError as error:
+    if verbose:
+      raise
+    print(f'zipper: error: {one_line(error)}', file=sys.stderr)
+    return 2
+
+
+def one_line(error: Exception) -> str:
+  """The error's message on one line, without gin's note of the function it was raised in."""
+  lines = [line.strip() for line in str(error).splitlines()]
+  return ' '.join(line for line in lines if line and not line.startswith('In call to '))
 
 
 if __name__ == '__main__':

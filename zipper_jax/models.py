@@ -36,6 +36,10 @@ class Model:
   def inputs(self, batch) -> dict:
     return tower_inputs(batch, self.towers)
 
+  @property
+  def vocab_sizes(self) -> dict[str, int]:
+    return {name: config.vocab_size for name, config in self.tower_configs.items()}
+
   def init(self, rng, batch):
     """Parameters with their logical axis metadata (boxed), for `partitioning`."""
     return self.module.init(rng, *self._module_inputs(self.inputs(batch)))['params']

@@ -25,10 +25,11 @@ from gin import config as gin_state
 
 from zipper_jax import atomic_files, checkpoints, vocabularies
 from zipper_jax import configurables  # noqa: F401 -- registers every name a config.gin holds
+from zipper_jax.errors import UserError
 from zipper_jax.models import Model
 
 
-class RunMismatch(ValueError):
+class RunMismatch(UserError):
   """What is asked of a run directory is not what it holds."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 import tqdm
 from clu import metric_writers
+from jax.experimental import multihost_utils
 
 from zipper_jax import batch as batch_lib
 from zipper_jax import checkpoints, data, flops, freezing, losses, partitioning
@@ -26,18 +28,36 @@ from zipper_jax.run_dir import RunDir
 
 
 class _Preemption:
-  """Turns SIGTERM (a preempted TPU VM, a Kubernetes pod being evicted) into a flag."""
+  """When to stop for a preempting scheduler (a TPU VM taken back, a pod evicted): its SIGTERM.
+
+  One process: SIGTERM sets a flag, read after each step. Several: every host gets its own
+  SIGTERM at its own moment, and a process that stopped alone would leave the others waiting in
+  the step's collectives or the checkpoint's barrier. JAX's distributed runtime hears SIGTERM
+  itself (so no Python handler is installed) and agrees on the step after the furthest any
+  process has reached (`multihost_utils.reached_preemption_sync_point`): every process stops
+  there, saves once together and exits.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     logging.warning('SIGTERM received: saving a checkpoint and stopping')
     self.requested = True
 
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step`; every process calls it after every step."""
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      logging.warning('preempted: every process saves step %d and stops', step)
+      self.requested = True
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 @gin.configurable
@@ -123,9 +143,13 @@ def train(model: Model = gin.REQUIRED, *,
                       in_shardings=(state_shardings, batch_sharding),
                       out_shardings=(state_shardings, partitioner.sharding(())),
                       donate_argnums=0)
-    batches = data.get_dataset(mixture_or_task_name, task_feature_lengths, towers, batch_size,
-                               seed=seed, pack=pack, skip_batches=batches_consumed,
-                               host_sharding=host_sharding)
+    source = data.describe(mixture_or_task_name)
+    batches = data.DataIterator(
+        data.get_dataset(mixture_or_task_name, task_feature_lengths, towers, batch_size,
+                         seed=seed, pack=pack, host_sharding=host_sharding),
+        os.path.join(model_dir, 'data_state'))
+    if step:
+      batches.restore(step, batches_consumed)
     writer = metric_writers.create_default_writer(
         model_dir, just_logging=jax.process_index() > 0, asynchronous=True)
     flops_per_step = batch_size * model.train_flops_per_example(task_feature_lengths,
@@ -141,14 +165,17 @@ def train(model: Model = gin.REQUIRED, *,
     def save():
       """Checkpoints the current step, once every loss up to it is known to be finite."""
       _check_finite(pending, checkpointer, last_good)
+      batches.save(step)
       checkpointer.save(step, state.all_params, state.opt_state,
                         {'step': step, 'batches_consumed': step})
+      batches.keep_only({*checkpointer.manager.all_steps(), step})
       return step
 
     try:
-      for batch in batches.as_numpy_iterator():
-        if step >= train_steps or preemption.requested:
+      for batch in batches:
+        if step >= train_steps:
           break
+        data.check_token_ids(batch, model.vocab_sizes, source)
         batch = jax.make_array_from_process_local_data(batch_sharding, batch)
         state, metrics = step_fn(state, batch)
         step += 1
@@ -174,10 +201,11 @@ def train(model: Model = gin.REQUIRED, *,
               partitioner=partitioner) | run_hooks(eval_hooks, step, model, state.all_params)
           writer.write_scalars(step, results)
           _print_scalars(step, results)
-        if step % checkpoint_every == 0 or step == train_steps:
+        stop = preemption.reached(step)
+        if stop or step % checkpoint_every == 0 or step == train_steps:
           last_good = save()
-      if preemption.requested and last_good != step:
-        save()
+        if stop:
+          break
     finally:
       preemption.restore()
       progress.close()
@@ -240,7 +268,9 @@ def evaluate(model: Model, params, task: str, task_feature_lengths: Mapping[str,
   partitioner = partitioner or partitioning.Partitioner()
   step = _jitted_eval_step(model, partitioner.sharding(()))
   totals, count = None, 0
+  source = data.describe(task)
   for batch in batches.take(max_batches or -1).as_numpy_iterator():
+    data.check_token_ids(batch, model.vocab_sizes, source)
     batch = jax.make_array_from_process_local_data(partitioner.batch_sharding, batch)
     sums = jax.device_get(step(params, batch))
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)

@@ -13,11 +13,12 @@ import soundfile
 import soxr
 
 from zipper_jax import atomic_files
+from zipper_jax.errors import UserError
 
 SAMPLE_RATE = 16_000
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
   """An audio file that cannot be used as speech."""
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from typing import Sequence
 
 import jax
@@ -200,22 +199,12 @@ def add_parser(subparsers) -> None:
   command.add_argument('--model_dir', required=True, help='the run (newest checkpoint)')
   command.add_argument('--beam_size', type=int, default=1, help='1: greedy')
   command.add_argument('audio', nargs='+', help='audio files (WAV, FLAC, ...; any rate)')
-  command.set_defaults(run=_exit_on_audio_error(transcribe_files))
+  command.set_defaults(run=transcribe_files)
   command = subparsers.add_parser(
       'speak', help='Speak a text with a trained run (TTS) into an audio file.',
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   command.add_argument('--model_dir', required=True, help='the run (newest checkpoint)')
   command.add_argument('-o', '--out', required=True, help='audio file to write (.wav, .flac)')
   command.add_argument('text')
-  command.set_defaults(run=_exit_on_audio_error(speak_text))
+  command.set_defaults(run=speak_text)
 
-
-def _exit_on_audio_error(fn):
-  """Bad audio is the user's input error: its message, not a traceback."""
-  def run(args) -> int:
-    try:
-      return fn(args)
-    except audio.AudioError as error:
-      print(f'zipper {args.command}: {error}', file=sys.stderr)
-      return 2
-  return run
