@@ -9,7 +9,7 @@ SYSTEM_STAMP := $(VENV)/.system-packages
 
 SUDO := $(shell [ $$(id -u) = 0 ] || echo sudo)
 
-.PHONY: install system-packages test test-fast demo bench clean
+.PHONY: install system-packages test test-fast soak demo bench clean
 
 install: $(STAMP)
 
@@ -36,7 +36,11 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 -m "not slow" tests
+	$(PY) -m pytest -n 2 -m "not slow and not soak" tests
+
+# Multi-process training killed and restarted at random points (minutes): tests/test_soak.py.
+soak: $(STAMP)
+	$(PY) -m pytest -m soak tests/test_soak.py
 
 demo: $(STAMP)
 	$(PY) -m zipper_jax.speech.demo

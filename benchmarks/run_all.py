@@ -8,6 +8,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import data_pipeline  # noqa: E402
 import decode  # noqa: E402
 import memory  # noqa: E402
+import resume  # noqa: E402
 import train_step  # noqa: E402
 
 QUICK = {
@@ -15,6 +16,7 @@ QUICK = {
     'decode': (decode, ['--repeats=2', '--new_tokens=32']),
     'data_pipeline': (data_pipeline, ['--batches=20']),
     'memory': (memory, ['--lengths=128,256,512', '--batches=1,4']),
+    'resume': (resume, ['--steps=100,20000']),
 }
 
 if __name__ == '__main__':
