@@ -1,6 +1,7 @@
 """Soak (`make soak`; left out of `make test` for its minutes): three local processes killed
 with SIGKILL at seeded random points, the whole job restarted each time as a scheduler would,
-then preempted with SIGTERM; the run ends with parameters bit-identical to one never stopped."""
+then preempted with SIGTERM; the run ends with parameters bit-identical to one never stopped.
+Then the newest checkpoint is damaged: the three processes agree to restore the one before."""
 import os
 import signal
 import subprocess
@@ -17,8 +18,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 14
 
 
-def launch(directory):
-  experiment = experiment_gin(directory, STEPS, 12, 'learning_rate_schedule.total_steps = 10',
+def launch(directory, steps=STEPS):
+  experiment = experiment_gin(directory, steps, 12, 'learning_rate_schedule.total_steps = 10',
                               'learning_rate_schedule.warmup_steps = 2', 'train.log_every = 1',
                               "train.host_sharding = 'global_batch'", 'train.checkpoint_every = 2')
   return subprocess.Popen(
@@ -66,3 +67,15 @@ def test_killed_and_restarted_processes_end_where_an_uninterrupted_run_ends(tmp_
   jax.tree.map(np.testing.assert_array_equal,
                checkpoints.load_params(str(tmp_path / 'soaked' / 'run')),
                checkpoints.load_params(str(tmp_path / 'straight' / 'run')))
+
+  # The newest step damaged: all three processes restore the step before it, together.
+  for manifest in (tmp_path / 'straight' / 'run' / 'checkpoints' / str(STEPS)).rglob(
+      'manifest.ocdbt'):
+    manifest.write_bytes(b'garbage')
+  resumed = launch(tmp_path / 'straight', STEPS + 2)
+  output, _ = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, output[-3000:]
+  assert f'checkpoint step {STEPS} ' in output and 'damaged' in output
+  first = next(line for line in output.splitlines() if line.startswith('step '))
+  assert int(first.split()[1]) == STEPS - 1  # every process went on from step STEPS - 2
+  assert checkpoints.latest_step(str(tmp_path / 'straight' / 'run')) == STEPS + 2

@@ -213,15 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   verbose = VERBOSE_FLAG in argv or os.environ.get('ZIPPER_DEBUG') == '1'
   argv = [arg for arg in argv if arg != VERBOSE_FLAG]
-  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+  # Imported libraries configure the root logger first (at WARNING): ours replaces theirs.
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s',
+                      force=True)
   logging.getLogger('absl').setLevel(logging.INFO if verbose else logging.ERROR)
+  logging.getLogger('jax').setLevel(logging.INFO if verbose else logging.WARNING)
   argv, bindings = split_gin_bindings(argv)
   args = build_parser().parse_args(argv)
   if args.run is not run_gin_command and bindings:
     raise SystemExit(f'zipper {args.command} takes no --gin. bindings: {bindings}')
   try:
     return args.run(args, bindings) if args.run is run_gin_command else args.run(args)
-  except UserError as error:
+  except (UserError, FileNotFoundError) as error:  # a missing file is named, and the user's
     if verbose:
       raise
     print(f'zipper: error: {one_line(error)}', file=sys.stderr)
