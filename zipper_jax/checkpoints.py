@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -183,18 +184,23 @@ def _check_shapes(manager, step: int, targets) -> None:
   """A step of other shapes is another model's: an error, not damage to skip."""
   metadata = manager.item_metadata(step)
   for item, target in targets.items():
-    stored = metadata[item]
-    stored = getattr(stored, 'tree', stored)
-    want = jax.tree_util.tree_flatten_with_path(target)[0]
-    have = dict(jax.tree_util.tree_flatten_with_path(
-        stored, is_leaf=lambda x: hasattr(x, 'shape'))[0])
-    for path, leaf in want:
-      name = f'{item}{jax.tree_util.keystr(path)}'
-      found = have.get(path)
-      if found is None:
-        raise CheckpointError(f'checkpoint step {step} in {manager.directory} holds no {name}: '
-                              "it is another model's checkpoint")
-      if tuple(found.shape) != tuple(leaf.shape):
-        raise CheckpointError(
-            f'checkpoint step {step} in {manager.directory} holds {name} of shape '
-            f"{tuple(found.shape)}, not {tuple(leaf.shape)}: it is another model's checkpoint")
+    stored = getattr(metadata[item], 'tree', metadata[item])
+    stored = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored,
+                          is_leaf=lambda x: hasattr(x, 'shape'))
+    try:
+      check_same_structure(target, stored, f'the {item} of checkpoint step {step}')
+    except ValueError as e:
+      raise CheckpointError(f"{e} (in {manager.directory}: another model's checkpoint)") from e
+
+
+def check_same_structure(expected, got, where: str) -> None:
+  """Raises a ValueError naming every missing, unexpected or mis-shaped parameter."""
+  flat = lambda tree: {jax.tree_util.keystr(path, simple=True, separator='/'): leaf
+                       for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  expected, got = flat(expected), flat(got)
+  problems = [f'missing {k}' for k in expected.keys() - got.keys()]
+  problems += [f'unexpected {k}' for k in got.keys() - expected.keys()]
+  problems += [f'{k}: shape {tuple(jnp.shape(got[k]))}, model expects {tuple(jnp.shape(v))}'
+               for k, v in expected.items() if k in got and jnp.shape(got[k]) != jnp.shape(v)]
+  if problems:
+    raise ValueError(f'{where} does not match the model: ' + '; '.join(sorted(problems)))

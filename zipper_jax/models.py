@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zipper_jax import baseline, decoding, flops, zipping
+from zipper_jax import baseline, checkpoints, decoding, flops, zipping
 from zipper_jax.batch import decoding_prompt, prompt_ends, tower_inputs, tower_targets
 from zipper_jax.inputs import TowerInput
 from zipper_jax.losses import token_log_likelihoods, zipper_loss
@@ -148,7 +148,7 @@ class TowerModel(Model):
       raise KeyError(f'a {self.name!r} tower initialises from {self.name!r} only; got '
                      f'{sorted(tower_params)}')
     fresh = jax.eval_shape(lambda: nn.unbox(self.init(rng, batch)))
-    zipping.check_same_structure(fresh, tower_params[self.name],
+    checkpoints.check_same_structure(fresh, tower_params[self.name],
                                  f'parameters given for tower {self.name!r}')
     return tower_params[self.name]
 

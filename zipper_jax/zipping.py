@@ -7,21 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zipper_jax import checkpoints
 from zipper_jax.inputs import TowerInput
 from zipper_jax.zipper import Zipper
-
-
-def check_same_structure(expected, got, where: str) -> None:
-  """Raises a ValueError naming every missing, unexpected or mis-shaped parameter."""
-  flat = lambda tree: {jax.tree_util.keystr(path, simple=True, separator='/'): leaf
-                       for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-  expected, got = flat(expected), flat(got)
-  problems = [f'missing {k}' for k in expected.keys() - got.keys()]
-  problems += [f'unexpected {k}' for k in got.keys() - expected.keys()]
-  problems += [f'{k}: shape {tuple(jnp.shape(got[k]))}, model expects {tuple(jnp.shape(v))}'
-               for k, v in expected.items() if k in got and jnp.shape(got[k]) != jnp.shape(v)]
-  if problems:
-    raise ValueError(f'{where} does not match the model: ' + '; '.join(sorted(problems)))
 
 
 def zip_params(zipper: Zipper, rng, inputs: Mapping[str, TowerInput],
@@ -38,6 +26,6 @@ def zip_params(zipper: Zipper, rng, inputs: Mapping[str, TowerInput],
     if name not in fresh:
       raise KeyError(f'tower {name!r} is not in the Zipper; towers are '
                      f'{sorted(zipper.config.towers)}')
-    check_same_structure(fresh[name], tree, f'parameters given for tower {name!r}')
+    checkpoints.check_same_structure(fresh[name], tree, f'parameters given for tower {name!r}')
     params[name] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), tree, fresh[name])
   return params
