@@ -13,7 +13,8 @@ import seqio
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
-from zipper_jax import batch, checkpoints, data, models, optimizer, partitioning, train, vocabularies
+from zipper_jax import (batch, checkpoints, data, models, optimizer, partitioning, train,
+                        vocabularies)
 from zipper_jax.errors import UserError
 from zipper_jax.zipper import ZipperConfig
 

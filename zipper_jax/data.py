@@ -52,8 +52,8 @@ def check_token_ids(batch: Mapping[str, np.ndarray], vocab_sizes: Mapping[str, i
 def get_dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                 towers: Sequence[str], batch_size: int, *, split: str = 'train',
                 shuffle: bool = True, seed: int | None = 0, pack: bool = False,
-                num_epochs: int | None = None, host_sharding: str = 'examples', truncate: bool = False,
-                drop_remainder: bool = True) -> tf.data.Dataset:
+                num_epochs: int | None = None, host_sharding: str = 'examples',
+                truncate: bool = False, drop_remainder: bool = True) -> tf.data.Dataset:
   """This process's share, `batch_size // process_count` rows, of each global batch.
 
   `host_sharding='examples'` (seqio's `ShardInfo`): each process reads and preprocesses only
