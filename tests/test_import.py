@@ -147,6 +147,19 @@ def test_a_zipper_run_exports_its_text_tower(tmp_path):
   np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
 
 
+def test_sharded_safetensors_import_as_one_file_does(tmp_path):
+  """How every model above a few GB ships: model-0000i-of-0000n.safetensors and an index."""
+  reference = hf_checkpoint(tmp_path / 'one_file', 'llama_gqa_tied')
+  reference.save_pretrained(tmp_path / 'sharded', max_shard_size='100KB')
+  assert len(list((tmp_path / 'sharded').glob('model-*-of-*.safetensors'))) >= 3
+  assert (tmp_path / 'sharded' / 'model.safetensors.index.json').exists()
+  for name in ('one_file', 'sharded'):
+    import_export.import_tower(str(tmp_path / name), str(tmp_path / 'runs' / name))
+  jax.tree.map(np.testing.assert_array_equal,
+               checkpoints.load_params(str(tmp_path / 'runs' / 'one_file')),
+               checkpoints.load_params(str(tmp_path / 'runs' / 'sharded')))
+
+
 def test_what_cannot_be_imported_is_named(tmp_path):
   hf = hf_checkpoint(tmp_path / 'hf', 'llama').config.to_dict()
   with pytest.raises(ValueError, match="unknown architecture 'GPT2LMHeadModel'"):
