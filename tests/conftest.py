@@ -68,9 +68,9 @@ def asr_inputs(batch=2, speech_length=7, text_length=5, seed=0, speech_lengths=N
 
 def open_gates(params, value=0.5):
   """The same parameters with every cross-attention gate set to `value` (fresh ones are 0)."""
+  is_gate = lambda path: path[-1].key in ('attention_gate', 'mlp_gate')
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: jnp.full_like(x, value) if 'gate' in jax.tree_util.keystr(path) else x,
-      params)
+      lambda path, x: jnp.full_like(x, value) if is_gate(path) else x, params)
 
 
 def init(model, inputs, seed=0):

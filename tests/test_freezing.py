@@ -74,8 +74,8 @@ def test_zipping_a_mismatched_tower_names_the_parameter():
   inputs = asr_inputs()
   wider = init(Tower(dataclasses.replace(TEXT, mlp_dim=80)), inputs['text'])
   model = Zipper(ZipperConfig(CONFIGS, TWO_WAY))
-  with pytest.raises(ValueError, match=r'block_0/mlp/gate/kernel: shape \(32, 80\), '
-                                       r'model expects \(32, 64\)'):
+  with pytest.raises(ValueError, match=r'blocks/mlp/gate/kernel: shape \(2, 32, 80\), '
+                                       r'model expects \(2, 32, 64\)'):
     zipping.zip_params(model, jax.random.key(0), inputs, {'text': wider})
   with pytest.raises(KeyError, match='vision'):
     zipping.zip_params(model, jax.random.key(0), inputs, {'vision': wider})

@@ -85,7 +85,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, capsy
   steps = os.listdir(tmp_path / 'run' / 'checkpoints')
   assert len(steps) == 1 and int(steps[0]) >= 2
   params = checkpoints.load_params(str(tmp_path / 'run'))
-  assert np.all(np.isfinite(params['speech']['block_0']['mlp']['up']['kernel']))
+  assert np.all(np.isfinite(params['speech']['blocks']['mlp']['up']['kernel']))
 
   evaluate = ['eval', f'--model_dir={tmp_path / "run"}', '--gin_file=gin/runs/eval.gin',
               "--gin.EVAL_TASKS=['toy_asr']", '--gin.BATCH_SIZE=8',

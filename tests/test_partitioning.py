@@ -31,12 +31,13 @@ def test_zipper_shards_as_the_rules_say():
 
   text = params['text']
   assert text['embedder']['embedding'].sharding.spec == P('tensor', 'fsdp')
-  assert text['block_0']['mlp']['gate']['kernel'].sharding.spec == P('fsdp', 'tensor')
-  assert text['block_0']['attention']['query']['kernel'].sharding.spec == P('fsdp', 'tensor', None)
+  blocks = text['blocks']  # stacked: `layers` first, unsharded
+  assert blocks['mlp']['gate']['kernel'].sharding.spec == P(None, 'fsdp', 'tensor')
+  assert blocks['attention']['query']['kernel'].sharding.spec == P(None, 'fsdp', 'tensor', None)
   assert text['lm_head']['kernel'].sharding.spec == P('fsdp', 'tensor')
-  # A [32, 64] kernel split 2 x 4 leaves a [16, 16] block on each device.
-  gate = text['block_0']['mlp']['gate']['kernel']
-  assert {shard.data.shape for shard in gate.addressable_shards} == {(16, 16)}
+  # A [2, 32, 64] kernel split 1 x 2 x 4 leaves a [2, 16, 16] block on each device.
+  gate = blocks['mlp']['gate']['kernel']
+  assert {shard.data.shape for shard in gate.addressable_shards} == {(2, 16, 16)}
 
   params = open_gates(params)
   with partitioner.context():

@@ -55,8 +55,8 @@ def test_training_another_model_into_a_run_is_refused_before_writing(tmp_path, c
   config = open(run.config_path).read()
   assert re.search(r'cross_attention_clock is .*5\.0.* here, None in the run', zipper_error(
       capsys, ['train', f'--gin_file={experiment}', f'--gin.{CLOCKED.replace(" ", "")}']))
-  assert "Zipper.config.towers['text'].num_layers is 3 here, 2 in the run" in zipper_error(
-      capsys, ['train', f'--gin_file={experiment}', '--gin.text/TowerConfig.num_layers=3'])
+  assert "Zipper.config.towers['text'].num_layers is 4 here, 2 in the run" in zipper_error(
+      capsys, ['train', f'--gin_file={experiment}', '--gin.text/TowerConfig.num_layers=4'])
   assert open(run.config_path).read() == config
   assert not os.path.exists(os.path.join(run.path, 'checkpoints'))
 

@@ -49,7 +49,7 @@ def test_every_mesh_trains_the_same_model_and_its_checkpoint_restores_onto_other
   for partitioner in (partitioning.Partitioner((1, 4, 1), num_devices=4),
                       partitioning.Partitioner((1, 1, 1), num_devices=1)):
     restored = run(folder('data 8'), 3, partitioner).all_params  # nothing left to train
-    leaf = restored['text']['block_0']['mlp']['gate']['kernel']
+    leaf = restored['text']['blocks']['mlp']['gate']['kernel']
     assert len(leaf.sharding.device_set) == partitioner.mesh.size
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), params['data 8'])
 
@@ -65,9 +65,10 @@ def test_layout_is_printed_for_a_pod_without_one(capsys):
     gin.clear_config(clear_constants=True)
   table = capsys.readouterr().out
   assert table.startswith('mesh: data=1, fsdp=64, tensor=4 (256 devices)')
-  row = next(line for line in table.splitlines() if line.startswith('text/block_0/mlp/gate'))
-  # [768, 2048] float32 split 64 x 4: 12 x 512 x 4 bytes on each device.
-  assert "('embed', 'mlp')" in row and "('fsdp', 'tensor')" in row and row.endswith('24,576')
+  row = next(line for line in table.splitlines() if line.startswith('text/blocks/mlp/gate'))
+  # [12, 768, 2048] float32 split 1 x 64 x 4: 12 x 12 x 512 x 4 bytes on each device.
+  assert "('layers', 'embed', 'mlp')" in row and "(None, 'fsdp', 'tensor')" in row
+  assert row.endswith('294,912')
 
 
 def experiment(directory, steps):
@@ -99,8 +100,9 @@ def test_decode_caches_follow_the_rules_and_decoding_is_unchanged(two_way_zipper
   model, params = two_way_zipper
   partitioner = partitioning.Partitioner((-1, 1, 1))
   with partitioner.context():
-    cache = jax.jit(lambda: KVCache.empty(8, 16, 2, 8, jnp.float32))()
-  assert {s.data.shape for s in cache.keys.addressable_shards} == {(1, 16, 2, 8)}
+    cache = jax.jit(lambda: KVCache.empty(3, 8, 16, 2, 8, jnp.float32))()
+  assert {s.data.shape for s in cache.keys.addressable_shards} == {(3, 1, 16, 2, 8)}
+  assert {s.data.shape for s in cache.positions.addressable_shards} == {(1, 16)}
 
   decoder = decoding.Decoder.for_zipper(model, 'text')
   prompt = lambda: asr_inputs(batch=8, text_length=1)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import TEXT, init, random_tokens
+from zipper_jax import stacks
 from zipper_jax.inputs import TowerInput
 from zipper_jax.tower import Tower
 
@@ -24,11 +25,12 @@ def forward(tower, tokens, **kwargs):
 def test_parameters_are_llama_shaped(tower):
   _, params = tower
   assert params['embedder']['embedding'].shape == (64, 32)
-  assert params['block_0']['attention']['query']['kernel'].shape == (32, 4, 8)
-  assert params['block_0']['attention']['key']['kernel'].shape == (32, 2, 8)  # grouped K/V
-  assert params['block_1']['mlp']['gate']['kernel'].shape == (32, 64)
+  # Blocks are one stack, `layers` first.
+  assert params['blocks']['attention']['query']['kernel'].shape == (2, 32, 4, 8)
+  assert params['blocks']['attention']['key']['kernel'].shape == (2, 32, 2, 8)  # grouped K/V
+  assert params['blocks']['mlp']['gate']['kernel'].shape == (2, 32, 64)
   assert params['lm_head']['kernel'].shape == (32, 64)
-  assert set(params) == {'embedder', 'block_0', 'block_1', 'final_norm', 'lm_head'}
+  assert set(params) == {'embedder', 'blocks', 'final_norm', 'lm_head'}
 
 
 def test_self_attention_is_causal(tower):
@@ -81,7 +83,27 @@ def test_bfloat16_compute_keeps_float32_params():
   np.testing.assert_allclose(logits, reference, atol=0.15)
 
 
-@pytest.mark.parametrize('policy', ['full', 'dots'])
+@pytest.mark.parametrize('remat', ['none', 'full'])
+def test_scanned_blocks_equal_unrolled_ones(remat):
+  """The same parameters, run by one scan or unrolled: the same logits and gradients, and only
+  the scanned program loops."""
+  inputs = TowerInput.from_tokens(random_tokens(8, (2, 6), TEXT.vocab_size))
+  scanned = dataclasses.replace(TEXT, num_layers=3, remat=remat)
+  unrolled = dataclasses.replace(scanned, scan_layers=False)
+  params = init(Tower(scanned), inputs)
+  assert jax.tree.structure(init(Tower(unrolled), inputs)) == jax.tree.structure(params)
+  loss = lambda c: jax.value_and_grad(
+      lambda p: jnp.sin(Tower(c).apply({'params': p}, inputs)[0]).sum())(params)
+  (value, grads), (reference, reference_grads) = loss(scanned), loss(unrolled)
+  np.testing.assert_allclose(value, reference, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, reference_grads)
+  program = lambda c: jax.jit(lambda p: Tower(c).apply({'params': p}, inputs)).lower(
+      params).as_text()
+  assert program(scanned).count('stablehlo.while') == 1
+  assert program(unrolled).count('stablehlo.while') == 0
+
+
+@pytest.mark.parametrize('policy', sorted(set(stacks.REMAT_POLICIES) - {'none'}))
 def test_rematerialisation_keeps_parameters_and_gradients(policy):
   inputs = TowerInput.from_tokens(random_tokens(7, (2, 6), TEXT.vocab_size))
   params = init(Tower(TEXT), inputs)

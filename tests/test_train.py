@@ -51,8 +51,8 @@ def test_training_learns_and_leaves_the_frozen_tower_alone(tmp_path):
   assert after['eval/text/loss'] < before['eval/text/loss'] - 0.5
   assert_trees_equal(state.all_params['text'], fresh_params(ZIPPER)['text'])
   assert not jax.tree.leaves(state.params['text'])  # no trainable copy, so no optimizer state
-  assert np.any(state.all_params['speech']['block_0']['mlp']['up']['kernel'] !=
-                fresh_params(ZIPPER)['speech']['block_0']['mlp']['up']['kernel'])
+  assert np.any(state.all_params['speech']['blocks']['mlp']['up']['kernel'] !=
+                fresh_params(ZIPPER)['speech']['blocks']['mlp']['up']['kernel'])
 
 
 @pytest.mark.parametrize('position', ['saved', 'lost'])
@@ -92,7 +92,7 @@ def test_a_checkpoint_of_other_shapes_stops_the_run_instead_of_starting_over(tmp
       {**TOWERS, 'speech': dataclasses.replace(TOWERS['speech'], mlp_dim=56)}, TWO_WAY))
   with pytest.raises(checkpoints.CheckpointError,
                      match=r'the params of checkpoint step 5 does not match the model: .*'
-                           r'mlp/down/kernel: shape \(48, 24\), model expects \(56, 24\)'):
+                           r'mlp/down/kernel: shape \(3, 48, 24\), model expects \(3, 56, 24\)'):
     run(tmp_path, 10, model=wider)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['5']
 
@@ -140,7 +140,8 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
 def test_gradient_accumulation_matches_one_batch(tmp_path):
   one = run(tmp_path / 'one', 3, checkpoint_every=100)
   four = run(tmp_path / 'four', 3, checkpoint_every=100, num_microbatches=4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+  # Summation order differs (one pass against four), and Adam scales small gradients up.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-5),
                one.all_params, four.all_params)
 
 
@@ -163,7 +164,7 @@ def test_zipping_pretrained_tower_checkpoints(tmp_path):
 def test_a_mismatched_tower_checkpoint_names_the_parameter(tmp_path):
   wide = models.TowerModel(dataclasses.replace(TOWERS['text'], mlp_dim=80), 'text')
   run(tmp_path / 'text', 5, model=wide, task='toy_text_lm')
-  with pytest.raises(ValueError, match=r'block_0/mlp/gate/kernel: shape \(32, 80\)'):
+  with pytest.raises(ValueError, match=r'blocks/mlp/gate/kernel: shape \(2, 32, 80\)'):
     run(tmp_path / 'zipped', 0, init_checkpoints={'text': str(tmp_path / 'text')})
 
 

@@ -1,4 +1,5 @@
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs, init, open_gates, random_tokens
-from zipper_jax import losses
+from zipper_jax import losses, wiring
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import Attention
 from zipper_jax.tower import Tower
@@ -135,10 +136,10 @@ def test_towers_of_other_shapes_zip(interval, two_way):
   model = Zipper(ZipperConfig({'text': TEXT, 'speech': deep}, edges))
   inputs = asr_inputs()
   params = init(model, inputs)
-  cross = sorted(k for k in params if k.startswith('cross_speech'))
-  assert cross == [f'cross_speech_from_text_{b}' for b in range(interval - 1, 6, interval)]
-  assert params[cross[0]]['key_projection']['kernel'].shape == (32, 40)  # d_text -> d_speech
-  assert sum(k.startswith('cross_text') for k in params) == (2 if two_way else 0)
+  # One stack per edge: a layer after each `interval`-th block, d_text -> d_speech.
+  layers = len(range(interval - 1, 6, interval))
+  assert params['cross_speech_from_text']['key_projection']['kernel'].shape == (layers, 32, 40)
+  assert ('cross_text_from_speech' in params) == two_way
   logits, _ = jax.jit(model.apply)({'params': open_gates(params)}, inputs)
   assert logits['text'].shape == (2, 5, TEXT.vocab_size)
   assert logits['speech'].shape == (2, 7, SPEECH.vocab_size)
@@ -203,3 +204,49 @@ def test_per_tower_losses_follow_token_weights():
   np.testing.assert_allclose(metrics['text/loss'], expected, rtol=1e-5)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   assert float(metrics['speech/weight']) == 0 and float(metrics['speech/loss']) == 0
+
+
+@pytest.mark.parametrize('interval', [1, 2])
+def test_scanned_stages_equal_the_unrolled_zipper(interval):
+  """Towers of 4 and 6 blocks, zipped both ways, run in 2 scanned stages of 2 + 3 blocks: the
+  same logits and gradients as the same parameters unrolled."""
+  text = dataclasses.replace(TEXT, num_layers=4)
+  speech = dataclasses.replace(SPEECH, num_layers=6)
+  edges = (Edge('text', 'speech', interval), Edge('speech', 'text', 1))
+  scanned = ZipperConfig({'text': text, 'speech': speech}, edges)
+  unrolled = ZipperConfig({name: dataclasses.replace(tower, scan_layers=False)
+                           for name, tower in scanned.towers.items()}, edges)
+  assert scanned.schedule.stages == 2 and scanned.schedule.blocks == {'text': 2, 'speech': 3}
+  inputs = asr_inputs()
+  params = open_gates(init(Zipper(scanned), inputs))
+  loss = lambda config: jax.value_and_grad(lambda p: sum(
+      jnp.sin(l).sum() for l in Zipper(config).apply({'params': p}, inputs)[0].values()))(params)
+  (value, grads), (reference, reference_grads) = loss(scanned), loss(unrolled)
+  np.testing.assert_allclose(value, reference, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, reference_grads)
+
+
+def test_the_schedule_repeats_as_often_as_the_wiring_does(caplog):
+  depths = lambda text, speech: (('text', text), ('speech', speech))
+  two_way = (Edge('text', 'speech', 1), Edge('speech', 'text', 1))
+  # zipper_l: 24 text blocks, 12 speech blocks; each stage runs 2 + 1 and 3 cross-attention layers.
+  stage = wiring.schedule(depths(24, 12), two_way)
+  assert (stage.stages, stage.blocks) == (12, {'text': 2, 'speech': 1})
+  assert sum(isinstance(step, wiring.CrossLayer) for step in stage.steps) == 3
+  assert wiring.schedule(depths(4, 6), (Edge('speech', 'text', 4),)).stages == 1
+  said = lambda: sum('does not repeat' in r.getMessage() for r in caplog.records)
+  with caplog.at_level(logging.INFO):
+    assert wiring.schedule(depths(5, 7), two_way).stages == 1
+    assert said()
+    caplog.clear()
+    assert wiring.schedule(depths(5, 7), two_way).stages == 1
+    assert not said()  # once per wiring
+
+
+def test_towers_waiting_on_each_other_are_refused():
+  """The alignment rule cannot wire a cycle (no wiring of up to 6 blocks does), so the check is
+  fed one by hand: each tower's first cross-attention reads the other's second block."""
+  a, b = Edge('a', 'b'), Edge('b', 'a')
+  layers = {a: [wiring.CrossLayer(a, 0, 0, 1)], b: [wiring.CrossLayer(b, 0, 0, 1)]}
+  with pytest.raises(ValueError, match=r"make towers \['a', 'b'\] wait on each other"):
+    wiring._order({'a': 2, 'b': 2}, layers)  # pylint: disable=protected-access

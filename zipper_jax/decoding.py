@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from zipper_jax import tower as tower_lib
 from zipper_jax import zipper as zipper_lib
 from zipper_jax.inputs import TowerInput
+from zipper_jax.layers import KVCache
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -41,7 +42,7 @@ class Decoder:
     def apply(params, inputs, caches):
       logits, caches = model.apply({'params': params}, inputs[name], caches)
       return {name: logits}, caches
-    return cls(apply, functools.partial(tower_lib.init_caches, model.config), name)
+    return cls(apply, functools.partial(tower_lib.init_cache, model.config), name)
 
 
 @flax.struct.dataclass
@@ -127,6 +128,11 @@ def generate(decoder: Decoder, params, prompt: Mapping[str, TowerInput], rng=Non
   return Generated(tokens, _lengths(tokens, eos_id), history if return_logits else None)
 
 
+def _take_rows(caches, rows):
+  return jax.tree.map(lambda cache: cache.take_rows(rows), caches,
+                      is_leaf=lambda x: isinstance(x, KVCache))
+
+
 def _length_penalty(lengths, alpha: float):
   """GNMT's ((5 + length) / 6) ** alpha; alpha = 0 ranks by plain log-probability."""
   return ((5.0 + lengths.astype(jnp.float32)) / 6.0) ** alpha
@@ -142,8 +148,9 @@ def beam_search(decoder: Decoder, params, prompt: Mapping[str, TowerInput], *, b
   batch, prefix_length = prefix.shape
   caches = decoder.init_caches(batch, prefix_length + max_new_tokens)
   logits, caches = decoder.apply(params, prompt, caches)  # prefill once, then copy per beam
-  per_beam = lambda x: jnp.repeat(x, beam_size, axis=0) if jnp.ndim(x) else x
-  caches, prefix = jax.tree.map(per_beam, caches), jax.tree.map(per_beam, prefix)
+  per_beam = lambda x: jnp.repeat(x, beam_size, axis=0)
+  caches = _take_rows(caches, jnp.repeat(jnp.arange(batch), beam_size))
+  prefix = jax.tree.map(per_beam, prefix)
   log_probs = jax.nn.log_softmax(per_beam(logits[decoder.output][:, -1]))
   vocab = log_probs.shape[-1]
   pad_only = jnp.where(jnp.arange(vocab) == pad_id, 0.0, -jnp.inf)
@@ -168,7 +175,7 @@ def beam_search(decoder: Decoder, params, prompt: Mapping[str, TowerInput], *, b
     lengths = jnp.where(was_finished, from_parent(lengths), step + 1)
     finished = was_finished if eos_id is None else was_finished | (token == eos_id)
     rows = (jnp.arange(batch)[:, None] * beam_size + parent).reshape(-1)
-    caches = jax.tree.map(lambda x: x[rows] if jnp.ndim(x) else x, caches)
+    caches = _take_rows(caches, rows)
     logits, caches = decoder.apply(
         params, {decoder.output: _step_input(prefix, token.reshape(-1), step + 1)}, caches)
     log_probs = jax.nn.log_softmax(logits[decoder.output][:, 0])

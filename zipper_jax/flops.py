@@ -53,13 +53,12 @@ def towers_train_flops(towers: Mapping[str, TowerConfig], lengths: Mapping[str, 
 def zipping_train_flops(zipper: ZipperConfig, lengths: Mapping[str, int]) -> int:
   """Forward + backward FLOPs of one example through what zipping adds to the towers: the
   cross-attention blocks and input projections (always trained)."""
-  total = 0
-  for name, config in zipper.towers.items():
-    for _, edge, _ in zipper.cross_layers(name):
-      total += 3 * cross_attention_forward_flops(
-          config, zipper.towers[edge.key], lengths[name], lengths[edge.key])
-    if zipper.input_projection != 'none':
-      total += 3 * 2 * 2 * lengths[name] * config.embed_dim ** 2
+  total = sum(3 * len(zipper.cross_layers(edge)) * cross_attention_forward_flops(
+      zipper.towers[edge.query], zipper.towers[edge.key], lengths[edge.query], lengths[edge.key])
+      for edge in zipper.edges)
+  if zipper.input_projection != 'none':
+    total += sum(3 * 2 * 2 * lengths[name] * config.embed_dim ** 2
+                 for name, config in zipper.towers.items())
   return total
 
 

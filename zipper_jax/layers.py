@@ -12,6 +12,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 Initializer = Any
@@ -85,42 +86,66 @@ class MLP(nn.Module):
   def __call__(self, x):
     dense = lambda features, axes, name: Dense(
         features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    gate = dense(self.hidden_dim, ('embed', 'mlp'), 'gate')(x)
-    up = dense(self.hidden_dim, ('embed', 'mlp'), 'up')(x)
+    gate = checkpoint_name(dense(self.hidden_dim, ('embed', 'mlp'), 'gate')(x), 'mlp_gate')
+    up = checkpoint_name(dense(self.hidden_dim, ('embed', 'mlp'), 'up')(x), 'mlp_up')
     hidden = constrain(nn.silu(gate) * up, ('batch', 'length', 'mlp'))
-    return dense(x.shape[-1], ('mlp', 'embed'), 'down')(hidden)
+    return checkpoint_name(dense(x.shape[-1], ('mlp', 'embed'), 'down')(hidden), 'mlp_out')
 
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of one attention layer, with the coordinates their masks are made from.
+  """Keys and values of attention layers, with the coordinates their masks are made from.
 
-  Self-attention caches are allocated empty at the decode length and filled from `end_index`
-  (all rows share it: prompts of the decoded tower are left-padded). Cross-attention caches hold
-  the other tower's projected keys and values, computed once at prefill.
+  A stack of layers keeps one cache: keys and values carry a leading `layers` axis, the
+  coordinates (the same for every layer) are kept once. Self-attention caches are allocated empty
+  at the decode length; a call `advance`s the coordinates over its new tokens, then each layer
+  `store`s their keys and values (all rows share `end_index`: prompts of the decoded tower are
+  left-padded). Cross-attention caches hold the other tower's projected keys and values, computed
+  once at prefill.
   """
-  keys: jnp.ndarray  # [batch, size, kv_heads, head_dim]
-  values: jnp.ndarray  # [batch, size, kv_heads, head_dim]
+  keys: jnp.ndarray  # [(layers,) batch, size, kv_heads, head_dim]
+  values: jnp.ndarray  # [(layers,) batch, size, kv_heads, head_dim]
   positions: jnp.ndarray  # [batch, size]
   segment_ids: jnp.ndarray  # [batch, size], 0 = empty slot or padding
-  end_index: jnp.ndarray  # [] int32
+  end_index: jnp.ndarray  # [] int32: slots filled so far
 
   @classmethod
-  def empty(cls, batch: int, size: int, kv_heads: int, head_dim: int, dtype: Dtype) -> KVCache:
-    kv = constrain(jnp.zeros((batch, size, kv_heads, head_dim), dtype), KV_AXES)
+  def empty(cls, layers: int, batch: int, size: int, kv_heads: int, head_dim: int,
+            dtype: Dtype) -> KVCache:
+    kv = constrain(jnp.zeros((layers, batch, size, kv_heads, head_dim), dtype),
+                   ('layers',) + KV_AXES)
     coords = constrain(jnp.zeros((batch, size), jnp.int32), ('batch', 'length'))
     return cls(kv, kv, coords, coords, jnp.zeros((), jnp.int32))
 
   @classmethod
   def full(cls, keys, values, positions, segment_ids) -> KVCache:
-    return cls(keys, values, positions, segment_ids, jnp.asarray(keys.shape[1], jnp.int32))
+    return cls(keys, values, positions, segment_ids, jnp.asarray(keys.shape[-3], jnp.int32))
 
-  def append(self, keys, values, positions, segment_ids) -> KVCache:
+  def advance(self, positions, segment_ids) -> KVCache:
+    """Takes the coordinates of `positions.shape[1]` new tokens, before their keys are stored."""
     update = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
         cache, new.astype(cache.dtype), self.end_index, axis=1)
-    return KVCache(update(self.keys, keys), update(self.values, values),
-                   update(self.positions, positions), update(self.segment_ids, segment_ids),
-                   self.end_index + keys.shape[1])
+    return self.replace(positions=update(self.positions, positions),
+                        segment_ids=update(self.segment_ids, segment_ids),
+                        end_index=self.end_index + positions.shape[1])
+
+  def store(self, keys, values) -> KVCache:
+    """One layer's cache with the newest tokens' `keys` and `values` in their slots."""
+    start = self.end_index - keys.shape[1]
+    update = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+        cache, new.astype(cache.dtype), start, axis=cache.ndim - 3)
+    return self.replace(keys=update(self.keys, keys), values=update(self.values, values))
+
+  def layer(self, keys, values) -> KVCache:
+    """The cache of one layer of the stack, given that layer's slices of keys and values."""
+    return self.replace(keys=keys, values=values)
+
+  def take_rows(self, rows) -> KVCache:
+    """The cache of batch rows `rows` (beam search copies and reorders rows)."""
+    take = lambda x, axis: jnp.take(x, rows, axis=x.ndim + axis)
+    return self.replace(keys=take(self.keys, -4), values=take(self.values, -4),
+                        positions=take(self.positions, -2),
+                        segment_ids=take(self.segment_ids, -2))
 
 
 class Attention(nn.Module):
@@ -152,14 +177,15 @@ class Attention(nn.Module):
     self.out = dense(self.embed_dim, ('heads', 'kv', 'embed'), contract=2)
 
   def project_kv(self, x, positions=None):
-    keys, values = self.key(x), self.value(x)
+    keys = checkpoint_name(self.key(x), 'key_proj')
+    values = checkpoint_name(self.value(x), 'value_proj')
     if self.rope_theta is not None:
       keys = apply_rotary(keys, positions, self.rope_theta)
     return constrain(keys, KV_AXES), constrain(values, KV_AXES)
 
   def attend(self, x, keys, values, mask, positions=None):
     """`mask` is [batch, 1, queries, keys]; a query with no visible key outputs exactly zero."""
-    query = self.query(x)
+    query = checkpoint_name(self.query(x), 'query_proj')
     if self.rope_theta is not None:
       query = apply_rotary(query, positions, self.rope_theta)
     query = constrain(query, ('batch', 'length', 'heads', 'kv'))
@@ -167,5 +193,5 @@ class Attention(nn.Module):
                                        values.astype(query.dtype), mask=mask)
     sees_any = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [batch, queries, 1, 1]
     out = jnp.where(sees_any, out, 0)
-    return self.out(out)
+    return checkpoint_name(self.out(out), 'out_proj')
 

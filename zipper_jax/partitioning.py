@@ -1,8 +1,8 @@
 """Everything about sharding, in one place: the mesh, logical axis rules, placed parameters.
 
-Layers name the logical axes of every parameter and large activation (`embed`, `mlp`, `heads`,
-`kv_heads`, `kv`, `vocab`, `key_embed`, `batch`, `length`); the rules below map those names onto
-mesh axes. An axis mapped to a mesh axis already used by an earlier axis of the same array stays
+Layers name the logical axes of every parameter and large activation (`layers`, `embed`, `mlp`,
+`heads`, `kv_heads`, `kv`, `vocab`, `key_embed`, `batch`, `length`); the rules below map those
+names onto mesh axes. An axis mapped to a mesh axis already used by an earlier axis of the same array stays
 unsharded (flax's rule resolution), so `embed` shards parameters over `fsdp` while activations,
 whose `batch` took `fsdp` first, keep `embed` whole.
 """
@@ -25,6 +25,7 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 # Data parallel over `data`, FSDP over `fsdp` (parameters and optimizer state split along
 # `embed`), tensor parallel over `tensor` (heads, MLP hidden units, vocabulary).
 DEFAULT_RULES = (
+    ('layers', None),  # the stacking axis of scanned layers: each device holds every layer
     ('batch', ('data', 'fsdp')),
     ('length', None),
     ('embed', 'fsdp'),

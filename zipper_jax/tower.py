@@ -1,33 +1,23 @@
 """A tower: an ordinary Llama-style decoder-only LM, usable alone and, unchanged, inside a Zipper.
 
-The Zipper drives a tower block by block (`embed`, `block`, `logits`) so that it can interleave
-cross-attention between towers; `__call__` is the same path without it.
+Its blocks are one stack (`stacks.py`): parameters `blocks/...` with a leading `layers` axis, run
+by one scan. The Zipper drives a tower piecewise (`embed`, its `blocks` applied by
+`block_function`, `logits`) so that it can interleave cross-attention between towers;
+`__call__` is the same path without it.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from zipper_jax import stacks
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
 from zipper_jax.masks import attention_mask
-
-
-# 'full' keeps only each block's input; 'dots' also keeps the matmul outputs (less recompute).
-REMAT_POLICIES = {
-    'none': None,
-    'full': jax.checkpoint_policies.nothing_saveable,
-    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
-def rematerialised(module: type[nn.Module], remat: str) -> type[nn.Module]:
-  """`module`, recomputed in the backward pass under policy `remat` unless it is 'none'."""
-  return module if remat == 'none' else nn.remat(module, policy=REMAT_POLICIES[remat])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +35,15 @@ class TowerConfig:
   qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
   dtype: Any = jnp.float32  # compute
   param_dtype: Any = jnp.float32
-  remat: str = 'none'  # recompute block activations in the backward pass: see REMAT_POLICIES
+  remat: str = 'none'  # what the backward pass recomputes: see stacks.REMAT_POLICIES
+  scan_layers: bool = True  # one compiled block for all; False unrolls them (same parameters)
 
   def __post_init__(self):
     kv_heads = self.num_kv_heads or self.num_heads
     if self.num_heads % kv_heads:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}')
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f'remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}')
+    if self.remat not in stacks.REMAT_POLICIES:
+      raise ValueError(f'remat={self.remat!r}; expected one of {sorted(stacks.REMAT_POLICIES)}')
     if self.head_dim % 2:
       raise ValueError(f'head_dim={self.head_dim} must be even for rotary embeddings')
 
@@ -67,6 +58,7 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, h, inputs: TowerInput, cache: KVCache | None = None):
+    """With a `cache` (already `advance`d over `inputs`), stores this block's keys and values."""
     c = self.config
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
     attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim, c.rope_theta,
@@ -74,7 +66,7 @@ class DecoderBlock(nn.Module):
     keys, values = attention.project_kv(x, inputs.positions)
     key_positions, key_segments = inputs.positions, inputs.segment_ids
     if cache is not None:
-      cache = cache.append(keys, values, inputs.positions, inputs.segment_ids)
+      cache = cache.store(keys, values)
       keys, values = cache.keys, cache.values
       key_positions, key_segments = cache.positions, cache.segment_ids
     mask = attention_mask(inputs.positions, inputs.segment_ids, key_positions, key_segments,
@@ -83,6 +75,12 @@ class DecoderBlock(nn.Module):
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
     h = h + MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
     return constrain(h, ('batch', 'length', 'embed')), cache
+
+
+def example_input(width: int | None = None):
+  """A one-token input (and hidden state of `width`) to create a layer's parameters with."""
+  inputs = TowerInput.from_tokens(jnp.zeros((1, 1), jnp.int32))
+  return inputs if width is None else (jnp.zeros((1, 1, width)), inputs)
 
 
 class Tower(nn.Module):
@@ -95,8 +93,8 @@ class Tower(nn.Module):
         embedding_init=partitioned(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=1, out_axis=0),
             ('vocab', 'embed')))
-    block = rematerialised(DecoderBlock, c.remat)
-    self.blocks = [block(c, name=f'block_{i}') for i in range(c.num_layers)]
+    self.blocks = self.param('blocks', stacks.stacked(DecoderBlock(c, parent=None), c.num_layers,
+                                                      *example_input(c.embed_dim)))
     self.final_norm = RMSNorm(c.norm_epsilon, c.dtype)
     if not c.tie_embeddings:
       self.lm_head = Dense(c.vocab_size, ('embed', 'vocab'), dtype=c.dtype,
@@ -105,25 +103,36 @@ class Tower(nn.Module):
   def embed(self, tokens):
     return constrain(self.embedder(tokens), ('batch', 'length', 'embed'))
 
-  def block(self, index: int, h, inputs: TowerInput, cache: KVCache | None = None):
-    return self.blocks[index](h, inputs, cache)
-
   def logits(self, h):
     h = self.final_norm(h)
     logits = self.embedder.attend(h) if self.config.tie_embeddings else self.lm_head(h)
     return constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
 
-  def __call__(self, inputs: TowerInput, caches: Sequence[KVCache] | None = None):
-    """Returns (logits [batch, length, vocab] float32, updated caches or None)."""
-    h = self.embed(inputs.tokens)
-    new_caches = []
-    for i in range(self.config.num_layers):
-      h, cache = self.block(i, h, inputs, None if caches is None else caches[i])
-      new_caches.append(cache)
-    return self.logits(h), (None if caches is None else new_caches)
+  def __call__(self, inputs: TowerInput, cache: KVCache | None = None):
+    """Returns (logits [batch, length, vocab] float32, the updated cache or None)."""
+    block = block_function(self.config, inputs)
+    if cache is not None:
+      cache = cache.advance(inputs.positions, inputs.segment_ids)
+
+    def step(h, layer):
+      params, keys, values = layer
+      h, layer_cache = block(params, h, None if cache is None else cache.layer(keys, values))
+      return h, (None if cache is None else (layer_cache.keys, layer_cache.values))
+
+    kv = (None, None) if cache is None else (cache.keys, cache.values)
+    h, kv = jax.lax.scan(step, self.embed(inputs.tokens), (self.blocks, *kv),
+                         unroll=not self.config.scan_layers)
+    return self.logits(h), (None if cache is None else cache.replace(keys=kv[0], values=kv[1]))
 
 
-def init_caches(config: TowerConfig, batch: int, size: int) -> list[KVCache]:
-  """Empty self-attention caches for decoding up to `size` tokens of this tower."""
-  return [KVCache.empty(batch, size, config.kv_heads, config.head_dim, config.dtype)
-          for _ in range(config.num_layers)]
+def block_function(config: TowerConfig, inputs: TowerInput):
+  """One block as a pure function (params, h, cache) -> (h, cache), for a tower's `inputs`."""
+  block = stacks.layer_function(DecoderBlock(config, parent=None), config.remat,
+                                unrolled=not config.scan_layers)
+  return lambda params, h, cache: block(params, h, inputs, cache)
+
+
+def init_cache(config: TowerConfig, batch: int, size: int) -> KVCache:
+  """An empty self-attention cache of all blocks, for decoding up to `size` tokens."""
+  return KVCache.empty(config.num_layers, batch, size, config.kv_heads, config.head_dim,
+                       config.dtype)

@@ -1,41 +1,29 @@
 """The Zipper: independently pre-trained towers fused by gated cross-attention (Zayats et al. 2024).
 
-A directed edge `(query, key, interval)` makes tower `query`, after every `interval`-th of its
-blocks, cross-attend to tower `key`'s hidden states at the same relative depth. Towers therefore
-run in lockstep, block by block; any number of towers and any set of edges is allowed as long as
-the dependencies they imply are acyclic.
-
-Choices where the paper is silent:
-  * Keys are the key tower's states right after its aligned block, before that tower's own
-    cross-attention at that depth (so two-way edges at equal depths update both towers at once).
-  * Block l of a tower of depth L_q reads block round((l + 1) * L_k / L_q) - 1 of a tower of depth
-    L_k, rounding halves up and clamping at block 0.
-  * No rotary embedding in cross-attention by default: order between towers is carried by the
-    mask alone. `cross_attention_clock` puts every tower's positions on one clock instead.
+Edges (`wiring.py`) say which tower cross-attends to which, after which of its blocks; any number
+of towers and edges is allowed. Towers run in lockstep, in stages that `wiring.schedule` computes
+once from the config: one `lax.scan` step runs a few blocks of each tower and the
+cross-attention layers that follow them, so compile time does not grow with depth. No rotary
+embedding in cross-attention by default: order between towers is carried by the mask alone;
+`cross_attention_clock` puts every tower's positions on one clock instead.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from zipper_jax import stacks, wiring
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
 from zipper_jax.masks import attention_mask
-from zipper_jax.tower import Tower, TowerConfig, init_caches as init_tower_caches, rematerialised
+from zipper_jax.tower import Tower, TowerConfig, block_function, example_input, init_cache
+from zipper_jax.wiring import Edge, aligned_block  # noqa: F401  (the config's vocabulary)
 
 INPUT_PROJECTIONS = ('none', 'residual', 'paper')
-
-
-@dataclasses.dataclass(frozen=True)
-class Edge:
-  """`query` cross-attends to `key` after each `interval`-th block of `query`."""
-  query: str
-  key: str
-  interval: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,28 +55,29 @@ class ZipperConfig:
     if clock is not None and set(clock) != set(self.towers):
       raise ValueError(f'cross_attention_clock={dict(clock)} must give ticks per token for '
                        f'exactly the towers {sorted(self.towers)}')
+    self.schedule  # pylint: disable=pointless-statement  (rejects cycles now, not when traced)
 
-  def cross_layers(self, name: str) -> list[tuple[int, Edge, int]]:
-    """(query block, edge, aligned key block) for every cross-attention into tower `name`."""
-    depth = self.towers[name].num_layers
-    return [(block, edge, aligned_block(block, depth, self.towers[edge.key].num_layers))
-            for edge in self.edges if edge.query == name
-            for block in range(edge.interval - 1, depth, edge.interval)]
+  @property
+  def depths(self) -> dict[str, int]:
+    return {name: tower.num_layers for name, tower in self.towers.items()}
 
+  @property
+  def schedule(self) -> wiring.Schedule:
+    return wiring.schedule(tuple(self.depths.items()), self.edges)
 
-def aligned_block(block: int, query_depth: int, key_depth: int) -> int:
-  """The key tower's block at the same relative depth as the query tower's `block`."""
-  return max(0, math.floor((block + 1) * key_depth / query_depth + 0.5) - 1)
+  @property
+  def scan_layers(self) -> bool:
+    """Stages run under `lax.scan` unless some tower unrolls its blocks."""
+    return all(tower.scan_layers for tower in self.towers.values())
+
+  def cross_layers(self, edge: Edge) -> list[wiring.CrossLayer]:
+    return wiring.cross_layers(self.depths, edge)
 
 
 def clock(config: ZipperConfig, edge: Edge) -> tuple[float, float] | None:
   if config.cross_attention_clock is None:
     return None
   return config.cross_attention_clock[edge.query], config.cross_attention_clock[edge.key]
-
-
-def cross_name(edge: Edge, block: int) -> str:
-  return f'cross_{edge.query}_from_{edge.key}_{block}'
 
 
 class InputProjection(nn.Module):
@@ -152,7 +141,8 @@ class CrossAttentionBlock(nn.Module):
 
 
 class Zipper(nn.Module):
-  """Towers (each parameter subtree named after its tower, exactly as the tower alone) + edges."""
+  """Towers (each parameter subtree named after its tower, exactly as the tower alone), input
+  projections, and one stack of cross-attention blocks per edge (`cross_<query>_from_<key>`)."""
   config: ZipperConfig
 
   def setup(self):
@@ -163,11 +153,14 @@ class Zipper(nn.Module):
           name: InputProjection(c.input_projection, tc.dtype, tc.param_dtype,
                                 name=f'input_projection_{name}')
           for name, tc in c.towers.items()}
-    # Cross-attention blocks are rematerialised as their query tower's blocks are.
-    self.cross = {
-        cross_name(edge, block): rematerialised(CrossAttentionBlock, c.towers[name].remat)(
-            c.towers[name], clock(c, edge), name=cross_name(edge, block))
-        for name in c.towers for block, edge, _ in c.cross_layers(name)}
+    self.cross = {edge.name: self.param(edge.name, stacks.stacked(
+        self._cross_block(edge), len(c.cross_layers(edge)),
+        *example_input(c.towers[edge.query].embed_dim),
+        *example_input(c.towers[edge.key].embed_dim))) for edge in c.edges}
+
+  def _cross_block(self, edge: Edge) -> CrossAttentionBlock:
+    return CrossAttentionBlock(self.config.towers[edge.query], clock(self.config, edge),
+                               parent=None)
 
   def __call__(self, inputs: Mapping[str, TowerInput], caches: dict | None = None):
     """Runs the towers present in `inputs` in lockstep.
@@ -177,55 +170,86 @@ class Zipper(nn.Module):
     cross-attention keys/values are returned in `caches['cross']`; an edge whose key tower is
     absent from `inputs` reads them from there. That makes prefill and each decode step one call.
     """
-    c = self.config
+    c, schedule = self.config, self.config.schedule
     for name in inputs:
       if name not in c.towers:
         raise KeyError(f'input for unknown tower {name!r}; towers are {sorted(c.towers)}')
-    cached_towers = {} if caches is None else caches['towers']
-    new_caches = {'towers': {n: [] for n in cached_towers}, 'cross': {}}
+    tower_caches = {name: cache.advance(inputs[name].positions, inputs[name].segment_ids)
+                    for name, cache in ({} if caches is None else caches['towers']).items()}
+    cross_caches = {} if caches is None else caches['cross']
+    edges = [edge for edge in c.edges if edge.query in inputs]
+    for edge in edges:
+      if edge.key not in inputs and edge.name not in cross_caches:
+        raise ValueError(f'{edge.name}: tower {edge.key!r} is neither in the inputs nor cached')
+    # What one stage reads: its slices of every stack (and of the caches that follow them).
+    stage_inputs = stacks.split_stages({
+        'blocks': {name: self.towers[name].blocks for name in inputs},
+        'cross': {edge.name: self.cross[edge.name] for edge in edges},
+        'tower_kv': {name: (cache.keys, cache.values) for name, cache in tower_caches.items()},
+        'cross_kv': {edge.name: (cross_caches[edge.name].keys, cross_caches[edge.name].values)
+                     for edge in edges if edge.key not in inputs},
+    }, schedule.stages)
+    blocks = {name: block_function(c.towers[name], inputs[name]) for name in inputs}
+    cross = {edge: stacks.layer_function(self._cross_block(edge), c.towers[edge.query].remat,
+                                         unrolled=not c.scan_layers) for edge in edges}
+
+    def stage(h, layers):
+      h, after_block, kv = dict(h), {}, {'tower_kv': {}, 'cross_kv': {}}
+      for step in schedule.steps:
+        if isinstance(step, wiring.Block) and step.tower in inputs:
+          name, i = step.tower, step.index
+          cache = None
+          if name in tower_caches:
+            cache = tower_caches[name].layer(*stacks.layer(layers['tower_kv'][name], i))
+          h[name], cache = blocks[name](stacks.layer(layers['blocks'][name], i), h[name],
+                                          cache)
+          after_block[name, i] = h[name]
+          if cache is not None:
+            kv['tower_kv'].setdefault(name, []).append((cache.keys, cache.values))
+        elif isinstance(step, wiring.CrossLayer) and step.edge.query in inputs:
+          edge, i = step.edge, step.index
+          params = stacks.layer(layers['cross'][edge.name], i)
+          if edge.key in inputs:
+            h[edge.query], cache = cross[edge](params, h[edge.query], inputs[edge.query],
+                                               after_block[edge.key, step.key_block],
+                                               inputs[edge.key])
+            if edge.query in tower_caches:
+              kv['cross_kv'].setdefault(edge.name, []).append((cache.keys, cache.values))
+          else:
+            cache = cross_caches[edge.name].layer(
+                *stacks.layer(layers['cross_kv'][edge.name], i))
+            h[edge.query], _ = cross[edge](params, h[edge.query], inputs[edge.query], None, None,
+                                           cache)
+      stack = lambda per_layer: jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
+      return h, jax.tree.map(stack, kv, is_leaf=lambda x: isinstance(x, list))
+
     h = {}
     for name, x in inputs.items():
       h[name] = self.towers[name].embed(x.tokens)
       if c.input_projection != 'none':
         h[name] = self.input_projections[name](h[name])
-
-    after_block = {name: {} for name in inputs}  # tower -> block -> states (keys for others)
-    next_block = {name: 0 for name in inputs}
-    unfinished = lambda: [n for n in inputs if next_block[n] < c.towers[n].num_layers]
-    while pending := unfinished():
-      progressed = False
-      for name in pending:
-        block = next_block[name]
-        if block not in after_block[name]:
-          cache = cached_towers[name][block] if name in cached_towers else None
-          h[name], cache = self.towers[name].block(block, h[name], inputs[name], cache)
-          after_block[name][block] = h[name]
-          if name in cached_towers:
-            new_caches['towers'][name].append(cache)
-          progressed = True
-        edges = [(edge, key_block) for b, edge, key_block in c.cross_layers(name) if b == block]
-        if any(e.key in inputs and kb not in after_block[e.key] for e, kb in edges):
-          continue  # wait for the other tower to reach the aligned depth
-        for edge, key_block in edges:
-          layer = cross_name(edge, block)
-          if edge.key in inputs:
-            h[name], cache = self.cross[layer](h[name], inputs[name],
-                                               after_block[edge.key][key_block], inputs[edge.key])
-          elif caches is not None and layer in caches['cross']:
-            h[name], cache = self.cross[layer](h[name], inputs[name], cache=caches['cross'][layer])
-          else:
-            raise ValueError(f'{layer}: tower {edge.key!r} is neither in the inputs nor cached')
-          if name in cached_towers:
-            new_caches['cross'][layer] = cache
-        next_block[name] += 1
-        progressed = True
-      if not progressed:
-        raise ValueError(f'edges {c.edges} make towers {pending} wait on each other (a cycle)')
-
+    h, kv = jax.lax.scan(stage, h, stage_inputs, unroll=not c.scan_layers)
     logits = {name: self.towers[name].logits(h[name]) for name in inputs}
-    return logits, (None if caches is None else new_caches)
+    if caches is None:
+      return logits, None
+    kv = stacks.merge_stages(kv)
+    new_caches = {'towers': {name: cache.replace(keys=kv['tower_kv'][name][0],
+                                                 values=kv['tower_kv'][name][1])
+                             for name, cache in tower_caches.items()},
+                  'cross': {}}
+    for edge in edges:
+      if edge.query not in tower_caches:
+        continue
+      if edge.key in inputs:
+        keys, values = kv['cross_kv'][edge.name]
+        key_inputs = inputs[edge.key]
+        new_caches['cross'][edge.name] = KVCache.full(keys, values, key_inputs.interleaved_positions,
+                                                      key_inputs.segment_ids)
+      else:
+        new_caches['cross'][edge.name] = cross_caches[edge.name]
+    return logits, new_caches
 
 
 def init_caches(config: ZipperConfig, tower: str, batch: int, size: int) -> dict:
   """Empty caches for decoding `size` tokens of `tower`; prefill fills its cross-attention ones."""
-  return {'towers': {tower: init_tower_caches(config.towers[tower], batch, size)}, 'cross': {}}
+  return {'towers': {tower: init_cache(config.towers[tower], batch, size)}, 'cross': {}}

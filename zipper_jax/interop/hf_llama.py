@@ -88,35 +88,33 @@ def hf_config(config: TowerConfig, eos_id: int | None = None, bos_id: int | None
   }
 
 
-def layout(config: TowerConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...], bool]]:
-  """HF tensor name -> (our parameter path, HF shape, transposed).
+def layout(config: TowerConfig) -> dict[str, tuple[tuple[str, ...], int | None, tuple[int, ...],
+                                                    bool]]:
+  """HF tensor name -> (our parameter path, layer, HF shape, transposed).
 
-  Ours is `(w.T if transposed else w).reshape(our shape)`: HF's fused head axis `heads * head_dim`
-  becomes our two axes.
+  Ours is `(w.T if transposed else w).reshape(our shape)`, at index `layer` of our stacked
+  `blocks` (None: not a block's): HF's fused head axis `heads * head_dim` becomes our two axes.
   """
   c = config
   e, h, k, d = c.embed_dim, c.num_heads, c.kv_heads, c.head_dim
-  names = {'model.embed_tokens.weight': (('embedder', 'embedding'), (c.vocab_size, e), False),
-           'model.norm.weight': (('final_norm', 'scale'), (e,), False)}
+  names = {'model.embed_tokens.weight': (('embedder', 'embedding'), None, (c.vocab_size, e), False),
+           'model.norm.weight': (('final_norm', 'scale'), None, (e,), False)}
   if not c.tie_embeddings:
-    names['lm_head.weight'] = (('lm_head', 'kernel'), (c.vocab_size, e), True)
+    names['lm_head.weight'] = (('lm_head', 'kernel'), None, (c.vocab_size, e), True)
+  block = {'self_attn.o_proj.weight': (('attention', 'out', 'kernel'), (e, h * d), True),
+           'mlp.gate_proj.weight': (('mlp', 'gate', 'kernel'), (c.mlp_dim, e), True),
+           'mlp.up_proj.weight': (('mlp', 'up', 'kernel'), (c.mlp_dim, e), True),
+           'mlp.down_proj.weight': (('mlp', 'down', 'kernel'), (e, c.mlp_dim), True),
+           'input_layernorm.weight': (('pre_attention_norm', 'scale'), (e,), False),
+           'post_attention_layernorm.weight': (('pre_mlp_norm', 'scale'), (e,), False)}
+  for name, our_name, width in (('q_proj', 'query', h * d), ('k_proj', 'key', k * d),
+                                ('v_proj', 'value', k * d)):
+    block[f'self_attn.{name}.weight'] = (('attention', our_name, 'kernel'), (width, e), True)
+    if c.qkv_bias:
+      block[f'self_attn.{name}.bias'] = (('attention', our_name, 'bias'), (width,), False)
   for i in range(c.num_layers):
-    hf, ours = f'model.layers.{i}.', f'block_{i}'
-    attention = {'q_proj': ('query', h * d), 'k_proj': ('key', k * d), 'v_proj': ('value', k * d)}
-    for name, (our_name, width) in attention.items():
-      names[f'{hf}self_attn.{name}.weight'] = ((ours, 'attention', our_name, 'kernel'),
-                                               (width, e), True)
-      if c.qkv_bias:
-        names[f'{hf}self_attn.{name}.bias'] = ((ours, 'attention', our_name, 'bias'),
-                                               (width,), False)
-    names[f'{hf}self_attn.o_proj.weight'] = ((ours, 'attention', 'out', 'kernel'), (e, h * d),
-                                             True)
-    for name, shape in (('gate', (c.mlp_dim, e)), ('up', (c.mlp_dim, e)),
-                        ('down', (e, c.mlp_dim))):
-      names[f'{hf}mlp.{name}_proj.weight'] = ((ours, 'mlp', name, 'kernel'), shape, True)
-    names[f'{hf}input_layernorm.weight'] = ((ours, 'pre_attention_norm', 'scale'), (e,), False)
-    names[f'{hf}post_attention_layernorm.weight'] = ((ours, 'pre_mlp_norm', 'scale'), (e,),
-                                                     False)
+    for name, (path, shape, transposed) in block.items():
+      names[f'model.layers.{i}.{name}'] = (('blocks',) + path, i, shape, transposed)
   return names
 
 
@@ -132,7 +130,7 @@ def tower_params(tensors: Mapping[str, np.ndarray], config: TowerConfig) -> dict
   """Our parameter tree (float32) from HF-named tensors; a ValueError names every missing,
   unexpected or mis-shaped tensor."""
   names, shapes = layout(config), tower_shapes(config)
-  unmapped = shapes.keys() - {path for path, _, _ in names.values()}
+  unmapped = shapes.keys() - {path for path, *_ in names.values()}
   if unmapped:  # a Tower parameter this module does not know: it must learn it first
     raise NotImplementedError(f'no HF name for Tower parameters {sorted(unmapped)}')
   given = {name: t for name, t in tensors.items() if not name.endswith(IGNORED_SUFFIXES)}
@@ -145,28 +143,33 @@ def tower_params(tensors: Mapping[str, np.ndarray], config: TowerConfig) -> dict
   problems = [f'missing {name}' for name in names.keys() - given.keys()]
   problems += [f'unexpected {name}' for name in given.keys() - names.keys()]
   problems += [f'{name}: shape {tuple(given[name].shape)}, expected {shape}'
-               for name, (_, shape, _) in names.items()
+               for name, (_, _, shape, _) in names.items()
                if name in given and tuple(given[name].shape) != shape]
   if problems:
     raise ValueError('the checkpoint does not match its config: ' + '; '.join(sorted(problems)))
   params = {}
-  for name, (path, _, transposed) in names.items():
+  for name, (path, layer, _, transposed) in names.items():
     w = np.asarray(given[name], np.float32)
     node = params
     for key in path[:-1]:
       node = node.setdefault(key, {})
-    node[path[-1]] = np.ascontiguousarray((w.T if transposed else w).reshape(shapes[path]))
+    if layer is None:
+      node[path[-1]] = np.ascontiguousarray((w.T if transposed else w).reshape(shapes[path]))
+    else:
+      if path[-1] not in node:
+        node[path[-1]] = np.empty(shapes[path], np.float32)
+      node[path[-1]][layer] = (w.T if transposed else w).reshape(shapes[path][1:])
   return params
 
 
 def hf_tensors(params, config: TowerConfig) -> dict[str, np.ndarray]:
   """HF-named float32 tensors from our parameter tree (the inverse of `tower_params`)."""
   tensors = {}
-  for name, (path, shape, transposed) in layout(config).items():
+  for name, (path, layer, shape, transposed) in layout(config).items():
     w = params
     for key in path:
       w = w[key]
-    w = np.asarray(w, np.float32)
+    w = np.asarray(w if layer is None else w[layer], np.float32)
     tensors[name] = np.ascontiguousarray(
         w.reshape(shape[::-1]).T if transposed else w.reshape(shape))
   return tensors
