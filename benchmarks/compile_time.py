@@ -25,14 +25,13 @@ LENGTHS = {'speech': 256, 'text': 64}
 
 def tower_seconds(depth: int, scan_layers: bool) -> float:
   """A `zipper_s`-wide text tower of `depth` blocks, batch 2 of 256 tokens."""
-  tower = dataclasses.replace(tower_configs('zipper_s.gin', 'float32', 'none')['text'],
-                              num_layers=depth, scan_layers=scan_layers)
+  tower = dataclasses.replace(tower_configs('zipper_s.gin', 'float32', 'none', scan_layers)['text'],
+                              num_layers=depth)
   return compile_train_step(models.TowerModel(tower), {'text': 256}, 2)[1]
 
 
 def zipper_seconds(shapes_file: str, scan_layers: bool) -> float:
-  towers = {name: dataclasses.replace(tower, scan_layers=scan_layers)
-            for name, tower in tower_configs(shapes_file, 'float32', 'none').items()}
+  towers = tower_configs(shapes_file, 'float32', 'none', scan_layers)
   model = models.ZipperModel(ZipperConfig(towers, TWO_WAY))
   return compile_train_step(model, LENGTHS, 2, frozen=('text',))[1]
 

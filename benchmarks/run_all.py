@@ -5,6 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import compile_time  # noqa: E402
 import data_pipeline  # noqa: E402
 import decode  # noqa: E402
 import memory  # noqa: E402
@@ -17,6 +18,7 @@ QUICK = {
     'data_pipeline': (data_pipeline, ['--batches=20']),
     'memory': (memory, ['--lengths=128,256,512', '--batches=1,4']),
     'resume': (resume, ['--steps=100,20000']),
+    'compile_time': (compile_time, []),
 }
 
 if __name__ == '__main__':

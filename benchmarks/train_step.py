@@ -39,7 +39,8 @@ CONFIGS = {'cpu': ('tiny.gin', 128, 32, 8), 'zipper_s': ('zipper_s.gin', 256, 64
            'zipper_l': ('zipper_l.gin', 512, 128, 8)}
 
 
-def tower_configs(shapes_file: str, dtype: str, remat: str) -> dict[str, TowerConfig]:
+def tower_configs(shapes_file: str, dtype: str, remat: str,
+                  scan_layers: bool = True) -> dict[str, TowerConfig]:
   gin.clear_config(clear_constants=True)
   gin.add_config_file_search_path(REPO)
   gin.parse_config_file(os.path.join(REPO, 'gin', 'models', shapes_file))
@@ -47,7 +48,7 @@ def tower_configs(shapes_file: str, dtype: str, remat: str) -> dict[str, TowerCo
   for name in ('text', 'speech'):
     with gin.config_scope(name):
       towers[name] = dataclasses.replace(configurables.CONFIGURED['TowerConfig'](), dtype=dtype,
-                                         remat=remat)
+                                         remat=remat, scan_layers=scan_layers)
   return towers
 
 
@@ -115,6 +116,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--batch', type=int)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--remat', default='none')
+  parser.add_argument('--unrolled', action='store_true', help='unroll the layers (no scan)')
   parser.add_argument('--variants', default='all', help='comma-separated subset')
   parser.add_argument('--peak_size', type=int, help='matmul size for the peak (default by device)')
   parser.add_argument('--speech_length', type=int, help='default by --config')
@@ -125,7 +127,7 @@ def main(argv=None) -> dict:
   speech_length = args.speech_length or speech_length
   text_length = args.text_length or text_length
   batch_size = args.batch or default_batch
-  towers = tower_configs(shapes_file, args.dtype, args.remat)
+  towers = tower_configs(shapes_file, args.dtype, args.remat, not args.unrolled)
   lengths = {'speech': speech_length, 'text': text_length,
              'single': speech_length + text_length}
   zipper = models.ZipperModel(ZipperConfig(towers, (('text', 'speech', 1),
@@ -146,6 +148,7 @@ def main(argv=None) -> dict:
                                   jnp.dtype(args.dtype))
   results = {'config': args.config, 'dtype': args.dtype, 'batch': batch_size,
              'lengths': {'speech': speech_length, 'text': text_length}, 'remat': args.remat,
+             'scan_layers': not args.unrolled,
              'device': jax.devices()[0].device_kind, 'peak_flops_measured': peak, 'variants': {}}
   params = {}  # model -> params: the Zipper's variants share them
   for name, (model, frozen) in variants.items():

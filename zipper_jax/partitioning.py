@@ -2,9 +2,9 @@
 
 Layers name the logical axes of every parameter and large activation (`layers`, `embed`, `mlp`,
 `heads`, `kv_heads`, `kv`, `vocab`, `key_embed`, `batch`, `length`); the rules below map those
-names onto mesh axes. An axis mapped to a mesh axis already used by an earlier axis of the same array stays
-unsharded (flax's rule resolution), so `embed` shards parameters over `fsdp` while activations,
-whose `batch` took `fsdp` first, keep `embed` whole.
+names onto mesh axes. An axis mapped to a mesh axis already used by an earlier axis of the same
+array stays unsharded (flax's rule resolution), so `embed` shards parameters over `fsdp` while
+activations, whose `batch` took `fsdp` first, keep `embed` whole.
 """
 from __future__ import annotations
 

@@ -241,10 +241,9 @@ class Zipper(nn.Module):
       if edge.query not in tower_caches:
         continue
       if edge.key in inputs:
-        keys, values = kv['cross_kv'][edge.name]
         key_inputs = inputs[edge.key]
-        new_caches['cross'][edge.name] = KVCache.full(keys, values, key_inputs.interleaved_positions,
-                                                      key_inputs.segment_ids)
+        new_caches['cross'][edge.name] = KVCache.full(
+            *kv['cross_kv'][edge.name], key_inputs.interleaved_positions, key_inputs.segment_ids)
       else:
         new_caches['cross'][edge.name] = cross_caches[edge.name]
     return logits, new_caches
