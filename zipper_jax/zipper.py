@@ -181,14 +181,17 @@ class Zipper(nn.Module):
     for edge in edges:
       if edge.key not in inputs and edge.name not in cross_caches:
         raise ValueError(f'{edge.name}: tower {edge.key!r} is neither in the inputs nor cached')
-    # What one stage reads: its slices of every stack (and of the caches that follow them).
-    stage_inputs = stacks.split_stages({
-        'blocks': {name: self.towers[name].blocks for name in inputs},
-        'cross': {edge.name: self.cross[edge.name] for edge in edges},
-        'tower_kv': {name: (cache.keys, cache.values) for name, cache in tower_caches.items()},
-        'cross_kv': {edge.name: (cross_caches[edge.name].keys, cross_caches[edge.name].values)
+    # What one stage reads: its layers of every stack (and of the caches that follow them).
+    split = lambda stack: stacks.split_stages(stack, schedule.stages)
+    stage_inputs = {
+        'blocks': {name: split(self.towers[name].blocks) for name in inputs},
+        'cross': {edge.name: split(self.cross[edge.name]) for edge in edges},
+        'tower_kv': {name: split((cache.keys, cache.values))
+                     for name, cache in tower_caches.items()},
+        'cross_kv': {edge.name: split((cross_caches[edge.name].keys,
+                                       cross_caches[edge.name].values))
                      for edge in edges if edge.key not in inputs},
-    }, schedule.stages)
+    }
     blocks = {name: block_function(c.towers[name], inputs[name]) for name in inputs}
     cross = {edge: stacks.layer_function(self._cross_block(edge), c.towers[edge.query].remat,
                                          unrolled=not c.scan_layers) for edge in edges}
@@ -200,15 +203,14 @@ class Zipper(nn.Module):
           name, i = step.tower, step.index
           cache = None
           if name in tower_caches:
-            cache = tower_caches[name].layer(*stacks.layer(layers['tower_kv'][name], i))
-          h[name], cache = blocks[name](stacks.layer(layers['blocks'][name], i), h[name],
-                                          cache)
+            cache = tower_caches[name].layer(*layers['tower_kv'][name][i])
+          h[name], cache = blocks[name](layers['blocks'][name][i], h[name], cache)
           after_block[name, i] = h[name]
           if cache is not None:
             kv['tower_kv'].setdefault(name, []).append((cache.keys, cache.values))
         elif isinstance(step, wiring.CrossLayer) and step.edge.query in inputs:
           edge, i = step.edge, step.index
-          params = stacks.layer(layers['cross'][edge.name], i)
+          params = layers['cross'][edge.name][i]
           if edge.key in inputs:
             h[edge.query], cache = cross[edge](params, h[edge.query], inputs[edge.query],
                                                after_block[edge.key, step.key_block],
@@ -216,8 +218,7 @@ class Zipper(nn.Module):
             if edge.query in tower_caches:
               kv['cross_kv'].setdefault(edge.name, []).append((cache.keys, cache.values))
           else:
-            cache = cross_caches[edge.name].layer(
-                *stacks.layer(layers['cross_kv'][edge.name], i))
+            cache = cross_caches[edge.name].layer(*layers['cross_kv'][edge.name][i])
             h[edge.query], _ = cross[edge](params, h[edge.query], inputs[edge.query], None, None,
                                            cache)
       stack = lambda per_layer: jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
