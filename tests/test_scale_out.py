@@ -12,7 +12,7 @@ import optax
 import pytest
 
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
-from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs
+from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs, zipper_error
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
 from zipper_jax import checkpoints, decoding, main, models, optimizer, partitioning, train
 from zipper_jax.layers import KVCache
@@ -110,3 +110,31 @@ def test_decode_caches_follow_the_rules_and_decoding_is_unchanged(two_way_zipper
   with partitioner.context():
     sharded = decoding.generate(decoder, params, prompt(), max_new_tokens=4, eos_id=None)
   np.testing.assert_array_equal(sharded.tokens, alone.tokens)
+
+
+def test_a_parameter_that_does_not_divide_its_axis_is_refused_by_name(tmp_path, capsys):
+  """SmolLM2-like heads (9 query, 3 key/value) over a 2-way tensor axis."""
+  towers = dict(TOWERS, text=dataclasses.replace(TOWERS['text'], num_heads=9, num_kv_heads=3))
+  model = models.ZipperModel(ZipperConfig(towers, TWO_WAY))
+  with pytest.raises(partitioning.LayoutError) as error:
+    train.train(model, model_dir=str(tmp_path / 'run'), mixture_or_task_name='toy_asr',
+                task_feature_lengths=LENGTHS, train_steps=1, batch_size=16,
+                optimizer=optimizer.adamw, learning_rate=1e-3,
+                partitioner=partitioning.Partitioner((1, 4, 2)))
+  assert ("text/blocks/attention/query/kernel dimension 2 ('heads') of size 9 does not divide "
+          "over mesh axes tensor=2 (2 devices)") in str(error.value)
+  assert "text/blocks/attention/key/kernel dimension 2 ('kv_heads') of size 3" in str(error.value)
+  assert not (tmp_path / 'run').exists()  # refused before anything is written
+
+  gin.clear_config(clear_constants=True)
+  try:
+    line = zipper_error(capsys, [
+        'layout', '--gin_file=gin/models/zipper_s.gin', '--gin_file=gin/runs/zipper_frozen_text.gin',
+        "--gin.TASK_FEATURE_LENGTHS={'speech': 256, 'text': 64}",
+        '--gin.Partitioner.mesh_shape=(1, -1, 5)', '--gin.print_layout.num_devices=40'])
+  finally:
+    gin.clear_config(clear_constants=True)
+  assert "text/blocks/attention/query/kernel dimension 2 ('heads') of size 12 does not divide " \
+         "over mesh axes tensor=5 (5 devices)" in line
+  assert "text/blocks/mlp/gate/kernel dimension 1 ('embed') of size 768 does not divide over " \
+         "mesh axes fsdp=8 (8 devices)" not in line  # 768 = 8 x 96: only what fails is named

@@ -1,12 +1,15 @@
 import dataclasses
+import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import TEXT, init, random_tokens
-from zipper_jax import stacks
+from zipper_jax import freezing, models, stacks, steps
 from zipper_jax.inputs import TowerInput
 from zipper_jax.tower import Tower
 
@@ -18,18 +21,20 @@ def tower():
 
 
 def forward(tower, tokens, **kwargs):
+  """Logits of the real vocabulary (the padded ids' are a constant)."""
   model, params = tower
-  return model.apply({'params': params}, TowerInput.from_tokens(tokens, **kwargs))[0]
+  logits = model.apply({'params': params}, TowerInput.from_tokens(tokens, **kwargs))[0]
+  return logits[..., :TEXT.vocab_size]
 
 
 def test_parameters_are_llama_shaped(tower):
   _, params = tower
-  assert params['embedder']['embedding'].shape == (64, 32)
+  assert params['embedder']['embedding'].shape == (128, 32)  # vocabulary 64, padded to 128
   # Blocks are one stack, `layers` first.
   assert params['blocks']['attention']['query']['kernel'].shape == (2, 32, 4, 8)
   assert params['blocks']['attention']['key']['kernel'].shape == (2, 32, 2, 8)  # grouped K/V
   assert params['blocks']['mlp']['gate']['kernel'].shape == (2, 32, 64)
-  assert params['lm_head']['kernel'].shape == (32, 64)
+  assert params['lm_head']['kernel'].shape == (32, 128)
   assert set(params) == {'embedder', 'blocks', 'final_norm', 'lm_head'}
 
 
@@ -56,6 +61,7 @@ def test_packed_segments_do_not_see_each_other(tower):
                       segment_ids=jnp.asarray([[1, 1, 1, 2, 2, 2, 2]]),
                       interleaved_positions=jnp.asarray([[0, 1, 2, 0, 1, 2, 3]]))
   logits, _ = model.apply({'params': params}, packed)
+  logits = logits[..., :TEXT.vocab_size]
   np.testing.assert_allclose(logits[:, :3], forward(tower, a), atol=1e-5)
   np.testing.assert_allclose(logits[:, 3:], forward(tower, b), atol=1e-5)
 
@@ -114,3 +120,52 @@ def test_rematerialisation_keeps_parameters_and_gradients(policy):
                loss(remat), loss(Tower(TEXT)))
   with pytest.raises(ValueError, match='remat'):
     dataclasses.replace(TEXT, remat='some')
+
+
+def test_a_padded_vocabulary_trains_and_decodes_as_the_unpadded_one():
+  """Vocabulary 100 padded to 128 rows: same losses, gradients and updates on the real rows,
+  same greedy tokens; sampling hot never emits a padded id."""
+  exact = dataclasses.replace(TEXT, vocab_size=100, vocab_multiple=1)
+  padded = dataclasses.replace(exact, vocab_multiple=128)
+  assert (exact.padded_vocab_size, padded.padded_vocab_size) == (100, 128)
+  models_ = {'exact': models.TowerModel(exact), 'padded': models.TowerModel(padded)}
+  tokens = np.asarray(random_tokens(7, (4, 9), 100))
+  batch = {'text_input_tokens': tokens[:, :-1], 'text_target_tokens': tokens[:, 1:],
+           'text_loss_weights': np.ones((4, 8), np.float32),
+           'text_positions': np.tile(np.arange(8), (4, 1)),
+           'text_segment_ids': np.ones((4, 8), np.int32),
+           'text_interleaved_positions': np.tile(np.arange(8), (4, 1))}
+  params = {'exact': nn.unbox(models_['exact'].init(jax.random.key(0), batch))}
+  # The padded rows hold noise: masking, not zeros, is what keeps them out.
+  noise = lambda shape: jax.random.normal(jax.random.key(1), shape)
+  params['padded'] = dict(params['exact'],
+                          embedder={'embedding': jnp.concatenate(
+                              [params['exact']['embedder']['embedding'], noise((28, 32))])},
+                          lm_head={'kernel': jnp.concatenate(
+                              [params['exact']['lm_head']['kernel'], noise((32, 28))], axis=1)})
+  real = lambda p: dict(p, embedder={'embedding': p['embedder']['embedding'][:100]},
+                        lm_head={'kernel': p['lm_head']['kernel'][:, :100]})
+  tx = optax.adam(1e-2)
+  losses_ = {}
+  for name, model in models_.items():
+    trainable, frozen = freezing.partition(params[name],
+                                           freezing.trainable_mask(params[name], ()))
+    state = steps.TrainState(jnp.zeros((), jnp.int32), trainable, frozen, tx.init(trainable))
+    step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=tx))
+    losses_[name] = []
+    for _ in range(3):
+      state, metrics = step(state, batch)
+      losses_[name].append(float(metrics['loss']))
+    params[name] = state.all_params
+  np.testing.assert_allclose(losses_['padded'], losses_['exact'], rtol=1e-6)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-4),  # Adam steps are 1e-2
+               real(params['padded']), params['exact'])
+
+  prompt = {'text': TowerInput.from_tokens(tokens[:, :3])}
+  greedy = {name: model.predict(params[name], prompt, output='text', eos_id=None,
+                                max_new_tokens=6).tokens for name, model in models_.items()}
+  np.testing.assert_array_equal(greedy['padded'], greedy['exact'])
+  sampled = models_['padded'].predict(params['padded'], prompt, output='text', eos_id=None,
+                                      max_new_tokens=64, temperature=100.0,
+                                      rng=jax.random.key(2)).tokens
+  assert int(sampled.max()) < 100 and len(np.unique(np.asarray(sampled))) > 50

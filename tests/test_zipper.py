@@ -141,8 +141,8 @@ def test_towers_of_other_shapes_zip(interval, two_way):
   assert params['cross_speech_from_text']['key_projection']['kernel'].shape == (layers, 32, 40)
   assert ('cross_text_from_speech' in params) == two_way
   logits, _ = jax.jit(model.apply)({'params': open_gates(params)}, inputs)
-  assert logits['text'].shape == (2, 5, TEXT.vocab_size)
-  assert logits['speech'].shape == (2, 7, SPEECH.vocab_size)
+  assert logits['text'].shape == (2, 5, TEXT.padded_vocab_size)
+  assert logits['speech'].shape == (2, 7, SPEECH.padded_vocab_size)
   assert all(np.isfinite(np.asarray(l)).all() for l in logits.values())
 
 

@@ -35,15 +35,26 @@ def _new_rows(rows, count: int, rng, axis: int):
   return jnp.moveaxis(new, 0, axis)
 
 
-def single_decoder_params(text_params, speech_vocab_size: int, rng):
-  """A Single Decoder's parameters from a pre-trained text tower's (embedding and head grown)."""
+def single_decoder_params(text_params, text: TowerConfig, speech_vocab_size: int, rng):
+  """A Single Decoder's parameters from a pre-trained text tower's (embedding and head grown).
+
+  The text tower's padding rows are dropped, the speech rows follow its real vocabulary, and the
+  grown table is padded again (with zeros: padded ids are masked out) to the Single Decoder's
+  padded size.
+  """
+  single = single_decoder_config(text, speech_vocab_size)
   embed_rng, head_rng = jax.random.split(rng)
+
+  def grown(table, axis, rng):
+    rows = jax.lax.slice_in_dim(table, 0, text.vocab_size, axis=axis)
+    table = jnp.concatenate(
+        [rows, _new_rows(rows, speech_vocab_size, rng, axis).astype(table.dtype)], axis=axis)
+    padding = [(0, 0)] * table.ndim
+    padding[axis] = (0, single.padded_vocab_size - single.vocab_size)
+    return jnp.pad(table, padding)
+
   params = dict(text_params)  # the subtrees we grow are replaced, never mutated
-  embedding = params['embedder']['embedding']
-  params['embedder'] = {'embedding': jnp.concatenate(
-      [embedding, _new_rows(embedding, speech_vocab_size, embed_rng, 0).astype(embedding.dtype)])}
+  params['embedder'] = {'embedding': grown(params['embedder']['embedding'], 0, embed_rng)}
   if 'lm_head' in params:
-    kernel = params['lm_head']['kernel']  # [embed, vocab]
-    params['lm_head'] = {'kernel': jnp.concatenate(
-        [kernel, _new_rows(kernel, speech_vocab_size, head_rng, 1).astype(kernel.dtype)], axis=1)}
+    params['lm_head'] = {'kernel': grown(params['lm_head']['kernel'], 1, head_rng)}  # [embed, vocab]
   return params

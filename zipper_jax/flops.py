@@ -31,7 +31,7 @@ def tower_forward_flops(c: TowerConfig, length: int) -> int:
   """One example of `length` tokens through one tower."""
   weights, products = _attention_flops(c, length, length, c.embed_dim)
   block = weights + products + 3 * 2 * length * c.embed_dim * c.mlp_dim
-  return c.num_layers * block + 2 * length * c.embed_dim * c.vocab_size
+  return c.num_layers * block + 2 * length * c.embed_dim * c.padded_vocab_size
 
 
 def cross_attention_forward_flops(query: TowerConfig, key: TowerConfig, query_length: int,

@@ -173,5 +173,6 @@ class SingleDecoderModel(TowerModel):
     if set(tower_params) != {'text'}:
       raise KeyError(f'the Single Decoder initialises from a text tower only; got '
                      f'{sorted(tower_params)}')
-    grown = baseline.single_decoder_params(tower_params['text'], self.speech_vocab_size, rng)
+    grown = baseline.single_decoder_params(tower_params['text'], self.text_config,
+                                           self.speech_vocab_size, rng)
     return super().params_from_towers(rng, batch, {self.name: grown})

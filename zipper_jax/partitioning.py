@@ -11,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
+
+from zipper_jax.errors import UserError
 
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -92,7 +94,9 @@ class Partitioner:
     return make_mesh(self.mesh_shape, devices=devices, dcn_shape=self.dcn_mesh_shape)
 
   def shardings(self, boxed_tree):
-    """NamedShardings for a tree of boxed (logically named) arrays or shapes."""
+    """NamedShardings for a tree of boxed (logically named) arrays or shapes; a `LayoutError`
+    names every dimension that does not divide over its mesh axes."""
+    check_divisible(boxed_tree, dict(self.mesh.shape), self.rules)
     return logical_to_sharding(nn.get_partition_spec(boxed_tree), self.mesh, self.rules)
 
   def sharding(self, logical_axes: Sequence[str | None]) -> NamedSharding:
@@ -126,6 +130,41 @@ def logical_to_sharding(logical_specs, mesh: Mesh, rules=DEFAULT_RULES):
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
+class LayoutError(UserError):
+  """A parameter that cannot be split evenly over the mesh axes its logical axes map to."""
+
+
+def mesh_axes_of(boxed_tree, rules=DEFAULT_RULES):
+  """[(path, shape, dtype, logical axes, mesh axes per dimension (a tuple of axis names each))]
+  for every leaf of a tree of boxed arrays or shapes."""
+  rows = []
+  for (path, leaf), spec in zip(jax.tree_util.tree_leaves_with_path(nn.unbox(boxed_tree)),
+                                jax.tree.leaves(nn.get_partition_spec(boxed_tree))):
+    logical = tuple(spec) + (None,) * (len(leaf.shape) - len(spec))
+    mesh_axes = tuple(nn.logical_to_mesh_axes(tuple(spec), rules))
+    mesh_axes += (None,) * (len(leaf.shape) - len(mesh_axes))
+    rows.append((jax.tree_util.keystr(path, simple=True, separator='/'), tuple(leaf.shape),
+                 leaf.dtype, logical,
+                 tuple((m,) if isinstance(m, str) else tuple(m or ()) for m in mesh_axes)))
+  return rows
+
+
+def check_divisible(boxed_tree, axis_sizes: Mapping[str, int], rules=DEFAULT_RULES) -> None:
+  """Raises a `LayoutError` naming every parameter dimension whose size is not a multiple of the
+  devices along the mesh axes it is sharded over (XLA would pad it silently, or refuse it)."""
+  problems = []
+  for name, shape, _, logical, mesh_axes in mesh_axes_of(boxed_tree, rules):
+    for dim, (size, axis, axes) in enumerate(zip(shape, logical, mesh_axes)):
+      devices = int(np.prod([axis_sizes[a] for a in axes]))
+      if size % devices:
+        over = ' x '.join(f'{a}={axis_sizes[a]}' for a in axes)
+        problems.append(f'{name} dimension {dim} ({axis!r}) of size {size} does not divide over '
+                        f'mesh axes {over} ({devices} devices)')
+  if problems:
+    raise LayoutError('parameters that cannot be sharded evenly: ' + '; '.join(problems) +
+                      '. Change the mesh shape, the logical axis rules or the model\'s sizes')
+
+
 def describe_layout(boxed_params, partitioner: Partitioner, num_devices: int | None = None) -> str:
   """A table of every parameter: shape, logical axes, mesh axes and bytes per device.
 
@@ -137,17 +176,15 @@ def describe_layout(boxed_params, partitioner: Partitioner, num_devices: int | N
   if partitioner.dcn_mesh_shape:
     mesh_shape = tuple(a * b for a, b in zip(mesh_shape, partitioner.dcn_mesh_shape))
   axis_sizes = dict(zip(MESH_AXES, mesh_shape))
+  check_divisible(boxed_params, axis_sizes, partitioner.rules)
   rows, total = [], 0
-  for (path, leaf), spec in zip(jax.tree_util.tree_leaves_with_path(nn.unbox(boxed_params)),
-                                jax.tree.leaves(nn.get_partition_spec(boxed_params))):
-    mesh_axes = nn.logical_to_mesh_axes(tuple(spec), partitioner.rules)
-    splits = [int(np.prod([axis_sizes[a] for a in ((m,) if isinstance(m, str) else m or ())]))
-              for m in tuple(mesh_axes) + (None,) * (len(leaf.shape) - len(mesh_axes))]
-    per_device = int(np.prod([-(-d // k) for d, k in zip(leaf.shape, splits)]))
-    per_device *= np.dtype(leaf.dtype).itemsize
+  for name, shape, dtype, logical, mesh_axes in mesh_axes_of(boxed_params, partitioner.rules):
+    splits = [int(np.prod([axis_sizes[a] for a in axes])) for axes in mesh_axes]
+    per_device = int(np.prod([d // k for d, k in zip(shape, splits)])) * np.dtype(dtype).itemsize
     total += per_device
-    rows.append((jax.tree_util.keystr(path, simple=True, separator='/'), str(leaf.shape),
-                 str(tuple(spec)), str(tuple(mesh_axes)), f'{per_device:,}'))
+    rows.append((name, str(shape), str(logical), str(tuple(
+        None if not axes else axes[0] if len(axes) == 1 else axes for axes in mesh_axes)),
+                 f'{per_device:,}'))
   header = ('parameter', 'shape', 'logical axes', 'mesh axes', 'bytes/device')
   widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
   line = lambda r: '  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip()

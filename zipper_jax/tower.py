@@ -37,6 +37,9 @@ class TowerConfig:
   param_dtype: Any = jnp.float32
   remat: str = 'none'  # what the backward pass recomputes: see stacks.REMAT_POLICIES
   scan_layers: bool = True  # one compiled block for all; False unrolls them (same parameters)
+  # The embedding and head have `padded_vocab_size` rows, a multiple of this (as t5x pads), so
+  # that they shard over any tensor axis; the padded ids' logits are masked out.
+  vocab_multiple: int = 128
 
   def __post_init__(self):
     kv_heads = self.num_kv_heads or self.num_heads
@@ -50,6 +53,10 @@ class TowerConfig:
   @property
   def kv_heads(self) -> int:
     return self.num_kv_heads or self.num_heads
+
+  @property
+  def padded_vocab_size(self) -> int:
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 class DecoderBlock(nn.Module):
@@ -89,7 +96,7 @@ class Tower(nn.Module):
   def setup(self):
     c = self.config
     self.embedder = nn.Embed(
-        c.vocab_size, c.embed_dim, dtype=c.dtype, param_dtype=c.param_dtype,
+        c.padded_vocab_size, c.embed_dim, dtype=c.dtype, param_dtype=c.param_dtype,
         embedding_init=partitioned(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=1, out_axis=0),
             ('vocab', 'embed')))
@@ -97,16 +104,23 @@ class Tower(nn.Module):
                                                       *example_input(c.embed_dim)))
     self.final_norm = RMSNorm(c.norm_epsilon, c.dtype)
     if not c.tie_embeddings:
-      self.lm_head = Dense(c.vocab_size, ('embed', 'vocab'), dtype=c.dtype,
+      self.lm_head = Dense(c.padded_vocab_size, ('embed', 'vocab'), dtype=c.dtype,
                            param_dtype=c.param_dtype)
 
   def embed(self, tokens):
     return constrain(self.embedder(tokens), ('batch', 'length', 'embed'))
 
   def logits(self, h):
+    """[batch, length, padded_vocab_size] float32; padded ids get the lowest float, so that no
+    loss, softmax or decoder ever gives them weight."""
+    c = self.config
     h = self.final_norm(h)
-    logits = self.embedder.attend(h) if self.config.tie_embeddings else self.lm_head(h)
-    return constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    logits = self.embedder.attend(h) if c.tie_embeddings else self.lm_head(h)
+    logits = constrain(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    if c.padded_vocab_size == c.vocab_size:
+      return logits
+    return jnp.where(jnp.arange(c.padded_vocab_size) < c.vocab_size, logits,
+                     jnp.finfo(jnp.float32).min)
 
   def __call__(self, inputs: TowerInput, cache: KVCache | None = None):
     """Returns (logits [batch, length, vocab] float32, the updated cache or None)."""

@@ -10,6 +10,7 @@ back to the split-halves layout of HF and of our `apply_rotary`. Qwen2 files kee
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, NamedTuple
 
@@ -17,6 +18,8 @@ import gguf
 import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
+
+from zipper_jax.interop.hf_llama import LazyTensor
 
 ARCHITECTURES = {'llama': 'LlamaForCausalLM', 'qwen2': 'Qwen2ForCausalLM'}
 INTERLEAVED_ROTARY = ('llama',)  # query and key rows permuted by llama.cpp's converter
@@ -45,7 +48,7 @@ CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types
 
 class GGUFModel(NamedTuple):
   config: dict[str, Any]  # as an HF config.json
-  tensors: dict[str, np.ndarray]  # HF names, float32
+  tensors: dict[str, LazyTensor]  # HF names, float32 when read
   tokenizer: tokenizers.Tokenizer | None  # None when not asked for
   eos_id: int | None
   bos_id: int | None
@@ -107,8 +110,9 @@ def hf_config(reader: gguf.GGUFReader) -> dict[str, Any]:
   }
 
 
-def hf_tensors(reader: gguf.GGUFReader, config: dict[str, Any]) -> dict[str, np.ndarray]:
-  """Every tensor dequantised to float32, under its HF name; a ValueError names any unknown."""
+def hf_tensors(reader: gguf.GGUFReader, config: dict[str, Any]) -> dict[str, LazyTensor]:
+  """Every tensor under its HF name, dequantised to float32 when read; a ValueError names any
+  unknown."""
   tensors, unknown = {}, []
   interleaved = config['architectures'][0] in [ARCHITECTURES[a] for a in INTERLEAVED_ROTARY]
   for tensor in reader.tensors:
@@ -122,14 +126,18 @@ def hf_tensors(reader: gguf.GGUFReader, config: dict[str, Any]) -> dict[str, np.
       continue
     # GGUF lists dimensions fastest first: [in, out] is numpy's (out, in), HF's order.
     shape = tuple(int(n) for n in reversed(tensor.shape))
-    w = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32).reshape(shape)
+    heads = None
     if interleaved and name.endswith(('q_proj.weight', 'k_proj.weight')):
       heads = config['num_attention_heads' if 'q_proj' in name else 'num_key_value_heads']
-      w = split_halves(w, heads)
-    tensors[name] = w
+    tensors[name] = LazyTensor(shape, functools.partial(_dequantized, tensor, shape, heads))
   if unknown:
     raise ValueError(f'GGUF tensors with no place in a Tower: {unknown}')
   return tensors
+
+
+def _dequantized(tensor, shape: tuple[int, ...], heads: int | None) -> np.ndarray:
+  w = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32).reshape(shape)
+  return w if heads is None else split_halves(w, heads)
 
 
 def split_halves(w: np.ndarray, heads: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Llama-family decoders in Hugging Face's layout (config.json + safetensors), both ways.
+"""Llama-family decoders in Hugging Face's layout (config.json + HF-named tensors), both ways.
 
 An HF Llama and our `Tower` are the same network: pre-norm RMSNorm that multiplies by its weight
 (our `scale`, not `1 + scale`), rotary embeddings over split halves (HF's `rotate_half`, our
@@ -9,17 +9,16 @@ once for both directions. Qwen2 adds biases on the query, key and value projecti
 """
 from __future__ import annotations
 
-import glob
+import dataclasses
+import functools
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
-import safetensors.numpy
 
 from zipper_jax.inputs import TowerInput
 from zipper_jax.tower import Tower, TowerConfig
@@ -118,6 +117,7 @@ def layout(config: TowerConfig) -> dict[str, tuple[tuple[str, ...], int | None, 
   return names
 
 
+@functools.cache
 def tower_shapes(config: TowerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
   """Every parameter path of a Tower with `config`, and its shape (traced, nothing allocated)."""
   inputs = TowerInput.from_tokens(jnp.zeros((1, 1), jnp.int32))
@@ -126,10 +126,23 @@ def tower_shapes(config: TowerConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(shapes['params'])}
 
 
-def tower_params(tensors: Mapping[str, np.ndarray], config: TowerConfig) -> dict:
-  """Our parameter tree (float32) from HF-named tensors; a ValueError names every missing,
-  unexpected or mis-shaped tensor."""
+class LazyTensor:
+  """A tensor of a file, read as float32 only when numpy asks for it (`np.asarray`): importing
+  holds one tensor of the source at a time, never the whole model twice."""
+
+  def __init__(self, shape, read: Callable[[], np.ndarray]):
+    self.shape, self._read = tuple(shape), read
+
+  def __array__(self, dtype=None, copy=None):
+    return np.asarray(self._read(), dtype or np.float32)
+
+
+def tower_params(tensors: Mapping[str, Any], config: TowerConfig) -> dict:
+  """Our parameter tree (float32 numpy) from HF-named tensors (arrays or `LazyTensor`s), built
+  one tensor at a time; a ValueError names every missing, unexpected or mis-shaped tensor. The
+  vocabulary axes are zero-padded to `padded_vocab_size` (padded ids are masked out)."""
   names, shapes = layout(config), tower_shapes(config)
+  hf_shapes = tower_shapes(dataclasses.replace(config, vocab_multiple=1))
   unmapped = shapes.keys() - {path for path, *_ in names.values()}
   if unmapped:  # a Tower parameter this module does not know: it must learn it first
     raise NotImplementedError(f'no HF name for Tower parameters {sorted(unmapped)}')
@@ -150,63 +163,26 @@ def tower_params(tensors: Mapping[str, np.ndarray], config: TowerConfig) -> dict
   params = {}
   for name, (path, layer, _, transposed) in names.items():
     w = np.asarray(given[name], np.float32)
+    w = (w.T if transposed else w).reshape(hf_shapes[path][0 if layer is None else 1:])
     node = params
     for key in path[:-1]:
       node = node.setdefault(key, {})
-    if layer is None:
-      node[path[-1]] = np.ascontiguousarray((w.T if transposed else w).reshape(shapes[path]))
-    else:
-      if path[-1] not in node:
-        node[path[-1]] = np.empty(shapes[path], np.float32)
-      node[path[-1]][layer] = (w.T if transposed else w).reshape(shapes[path][1:])
+    if path[-1] not in node:
+      node[path[-1]] = np.zeros(shapes[path], np.float32)
+    node[path[-1]][(() if layer is None else (layer,)) + tuple(slice(0, n) for n in w.shape)] = w
   return params
 
 
-def hf_tensors(params, config: TowerConfig) -> dict[str, np.ndarray]:
-  """HF-named float32 tensors from our parameter tree (the inverse of `tower_params`)."""
-  tensors = {}
-  for name, (path, layer, shape, transposed) in layout(config).items():
-    w = params
-    for key in path:
-      w = w[key]
-    w = np.asarray(w if layer is None else w[layer], np.float32)
-    tensors[name] = np.ascontiguousarray(
-        w.reshape(shape[::-1]).T if transposed else w.reshape(shape))
-  return tensors
-
-
-def read_safetensors(directory: str) -> dict[str, np.ndarray]:
-  """Every tensor of an HF checkpoint directory, as float32 numpy arrays.
-
-  Only safetensors are read: `*.bin`/`*.pt` checkpoints are pickles, which can run arbitrary code
-  when loaded.
-  """
-  index = os.path.join(directory, 'model.safetensors.index.json')
-  if os.path.exists(index):
-    with open(index) as f:
-      files = sorted({os.path.join(directory, shard)
-                      for shard in json.load(f)['weight_map'].values()})
-  else:
-    files = sorted(glob.glob(os.path.join(directory, '*.safetensors')))
-  if not files:
-    pickles = [os.path.basename(p) for pattern in ('*.bin', '*.pt', '*.pth', '*.ckpt')
-               for p in glob.glob(os.path.join(directory, pattern))]
-    raise ValueError(f'no *.safetensors in {directory}' + (
-        f'; refusing to load pickled weights {pickles} (they can run code when loaded). '
-        'Convert them to safetensors first, where you trust them' if pickles else ''))
-  tensors = {}
-  for path in files:
-    # The flax framework reads bfloat16, which plain numpy cannot.
-    with safetensors.safe_open(path, framework='flax') as f:
-      for name in f.keys():
-        tensors[name] = np.asarray(f.get_tensor(name).astype(np.float32))
-  return tensors
-
-
-def write_safetensors(directory: str, tensors: Mapping[str, np.ndarray], hf: Mapping) -> None:
-  """model.safetensors and config.json, as `from_pretrained` reads them."""
-  os.makedirs(directory, exist_ok=True)
-  safetensors.numpy.save_file(dict(tensors), os.path.join(directory, 'model.safetensors'),
-                              metadata={'format': 'pt'})
-  with open(os.path.join(directory, 'config.json'), 'w') as f:
-    json.dump(hf, f, indent=2)
+def hf_tensor(params, config: TowerConfig, name: str) -> np.ndarray:
+  """One HF-named float32 tensor from our parameter tree, padded vocabulary rows dropped (the
+  inverse of `tower_params`): an export fetches one tensor at a time from wherever `params` live."""
+  path, layer, shape, transposed = layout(config)[name]
+  w = params
+  for key in path:
+    w = w[key]
+  unpadded = tower_shapes(dataclasses.replace(config, vocab_multiple=1))[path]
+  if layer is not None:
+    unpadded = unpadded[1:]
+  index = (() if layer is None else (layer,)) + tuple(slice(0, n) for n in unpadded)
+  w = np.asarray(w[index], np.float32)
+  return np.ascontiguousarray(w.reshape(shape[::-1]).T if transposed else w.reshape(shape))

@@ -8,7 +8,9 @@ An imported tower is laid out like a pre-training run (`RunDir`), so everything 
 reads it: an orbax checkpoint (step 0, parameters only) for `load_params` and
 `INIT_CHECKPOINTS`, `config.gin` with the tower model and its shape under its name's scope
 (`text/TowerConfig.*`), and its tokenizer under `vocabularies/`. An export is config.json,
-model.safetensors and tokenizer.json, as transformers' `from_pretrained` reads them.
+model.safetensors (or shards of it with their index) and tokenizer.json, as transformers'
+`from_pretrained` reads them. Both directions stream tensors (`safetensors_files`): host memory
+stays within about one copy of the tower.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ import os
 import shutil
 import tempfile
 
-from zipper_jax import checkpoints, vocabularies
-from zipper_jax.interop import gguf_llama, hf_llama
+from zipper_jax import atomic_files, checkpoints, vocabularies
+from zipper_jax.interop import gguf_llama, hf_llama, safetensors_files
 from zipper_jax.run_dir import RunDir
 from zipper_jax.tower import TowerConfig
 
@@ -40,7 +42,7 @@ def import_tower(source: str, to: str, name: str = 'text',
   elif os.path.isfile(os.path.join(source, 'config.json')):
     with open(os.path.join(source, 'config.json')) as f:
       hf = json.load(f)
-    tensors, tokenizer = hf_llama.read_safetensors(source), None
+    tensors, tokenizer = safetensors_files.read(source), None
     found = os.path.join(source, 'tokenizer.json')
     tokenizer_file = tokenizer_file or (found if os.path.exists(found) else None)
     eos_id, bos_id = (first(hf.get(key)) for key in ('eos_token_id', 'bos_token_id'))
@@ -86,8 +88,11 @@ def tower_gin(config: TowerConfig, name: str, origin: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def export_tower(model_dir: str, tower: str, out: str) -> TowerConfig:
-  """Writes `tower` of the newest checkpoint in `model_dir` to `out` in HF's layout."""
+def export_tower(model_dir: str, tower: str, out: str,
+                 max_shard_bytes: int = safetensors_files.DEFAULT_MAX_SHARD_BYTES) -> TowerConfig:
+  """Writes `tower` of the newest checkpoint in `model_dir` to `out` in HF's layout (`out`
+  appears whole or not at all). The parameters are restored sharded as the run trains them, and
+  gathered to the host one tensor at a time."""
   run = RunDir(model_dir)
   towers = run.model.tower_configs
   if tower not in towers:
@@ -97,15 +102,18 @@ def export_tower(model_dir: str, tower: str, out: str) -> TowerConfig:
   params = params.get(tower, params)  # a Zipper's towers are named; a tower run's are not
   vocabulary = run.vocabularies().get(tower) if run.has_vocabularies() else None
   eos_id = bos_id = None
-  os.makedirs(out, exist_ok=True)
-  if isinstance(vocabulary, vocabularies.TokenizerVocabulary):
-    shutil.copyfile(vocabulary.tokenizer_file, os.path.join(out, 'tokenizer.json'))
-    eos_id, bos_id = vocabulary.eos_id, vocabulary.bos_id
-  elif vocabulary is not None:
-    logging.warning('the %s vocabulary (%s) has no tokenizer.json form; %s has none', tower,
-                    vocabulary, out)
-  hf_llama.write_safetensors(out, hf_llama.hf_tensors(params, config),
-                             hf_llama.hf_config(config, eos_id, bos_id))
+  with atomic_files.atomic_directory(out) as partial:
+    if isinstance(vocabulary, vocabularies.TokenizerVocabulary):
+      shutil.copyfile(vocabulary.tokenizer_file, os.path.join(partial, 'tokenizer.json'))
+      eos_id, bos_id = vocabulary.eos_id, vocabulary.bos_id
+    elif vocabulary is not None:
+      logging.warning('the %s vocabulary (%s) has no tokenizer.json form; %s has none', tower,
+                      vocabulary, out)
+    safetensors_files.write(
+        partial, {name: shape for name, (_, _, shape, _) in hf_llama.layout(config).items()},
+        lambda name: hf_llama.hf_tensor(params, config, name), max_shard_bytes)
+    with open(os.path.join(partial, 'config.json'), 'w') as f:
+      json.dump(hf_llama.hf_config(config, eos_id, bos_id), f, indent=2)
   return config
 
 
@@ -137,5 +145,9 @@ def add_parser(subparsers) -> None:
   command.add_argument('--to', dest='target_format', choices=['hf'], required=True,
                        help='hf: config.json, model.safetensors and tokenizer.json')
   command.add_argument('out', help='directory to write')
+  command.add_argument('--max_shard_bytes', type=int,
+                       default=safetensors_files.DEFAULT_MAX_SHARD_BYTES,
+                       help='larger models are written as model-0000i-of-0000n.safetensors with '
+                            'an index, as transformers shards them (default 5 GB)')
   command.set_defaults(run=lambda args: report(export_tower(
-      args.model_dir, args.tower, args.out), args.out))
+      args.model_dir, args.tower, args.out, args.max_shard_bytes), args.out))
