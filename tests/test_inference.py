@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import seqio
 import soundfile
+from jax.sharding import PartitionSpec
 
 from zipper_jax import batch, checkpoints, main, vocabularies
 from zipper_jax.run_dir import RunDir
@@ -20,13 +21,15 @@ LENGTHS = {'zipper': {'speech': 96, 'text': 24}, 'single_decoder': {'single': 12
 
 def write_run(model_dir, corpus_dir, model_file):
   """A run as the trainer leaves one (config.gin, a checkpoint, vocabularies), with freshly
-  initialised parameters: what inference reads, without the cost of training."""
+  initialised parameters: what inference reads, without the cost of training. It trains with
+  FSDP over all devices: inference restores it so."""
   text = seqio.SentencePieceVocabulary(os.path.join(corpus_dir, 'text_vocab.model'))
   speech = SpeechVocabulary(corpus_dir)
   lengths = LENGTHS[model_file]
   gin.clear_config(clear_constants=True)
   main.parse_gin(['gin/models/tiny.gin', f'gin/models/{model_file}.gin'],
-                 [f'TEXT_VOCAB_SIZE = {text.vocab_size}', f'TASK_FEATURE_LENGTHS = {lengths}'],
+                 [f'TEXT_VOCAB_SIZE = {text.vocab_size}', f'TASK_FEATURE_LENGTHS = {lengths}',
+                  'train.partitioner = @Partitioner()', 'Partitioner.mesh_shape = (1, -1, 1)'],
                  finalize=False)
   run = RunDir(model_dir)
   run.write_config(gin.config_str(), {'text': text, 'speech': speech} if model_file == 'zipper'
@@ -65,6 +68,13 @@ def test_speak_then_transcribe_end_to_end(run_dir, micro_corpus, tmp_path, capsy
   _, flac = utterance(micro_corpus)
   assert main.main(['transcribe', '--model_dir', run_dir, out, flac]) == 0
   assert len(capsys.readouterr().out.splitlines()) == 2  # one transcript a file
+
+
+def test_a_run_trained_with_fsdp_is_restored_sharded(run_dir):
+  params = inference.SpeechText.from_run(run_dir).params
+  kernel = params.get('text', params)['blocks']['mlp']['gate']['kernel']  # [layers, embed, mlp]
+  assert kernel.sharding.spec == PartitionSpec(None, 'fsdp', 'tensor')
+  assert {s.data.shape for s in kernel.addressable_shards} == {(2, 128 // 8, 384)}
 
 
 def test_audio_at_another_rate_is_resampled(run_dir, micro_corpus, tmp_path):

@@ -15,8 +15,10 @@ from conftest import zipper_error
 from synthetic_tasks import SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
 from zipper_jax import checkpoints, main
 from zipper_jax.errors import UserError
+from zipper_jax.run_dir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FSDP = 'Partitioner.mesh_shape = (1, -1, 1)'  # parameters split over all 8 devices
 TINY_FROZEN_TEXT = ['--gin_file=gin/models/tiny.gin', '--gin_file=gin/runs/zipper_frozen_text.gin']
 
 
@@ -73,7 +75,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, capsy
   env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'), JAX_PLATFORMS='cpu')
   process = subprocess.Popen(
       [sys.executable, '-u', '-m', 'zipper_jax.main', 'train',
-       f'--gin_file={experiment_gin(tmp_path, 100_000, 8, "train.log_every = 2")}'],
+       f'--gin_file={experiment_gin(tmp_path, 100_000, 8, "train.log_every = 2", FSDP)}'],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 240
   for line in process.stdout:
@@ -104,3 +106,8 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, capsy
       scores.append(json.load(f))
   assert scores[0] == scores[1]
   assert 0 < scores[0]['eval/text/loss'] < 10 and scores[0]['eval/text/weight'] == 2 * 8 * 6
+  # What `eval` restored: the run's own layout, FSDP over the 8 devices.
+  run = RunDir(str(tmp_path / 'run'))
+  assert run.partitioner.mesh.shape == {'data': 1, 'fsdp': 8, 'tensor': 1}
+  kernel = run.load_params()['speech']['blocks']['mlp']['up']['kernel']
+  assert {s.data.shape for s in kernel.addressable_shards} == {(2, 128 // 8, 384)}

@@ -1,9 +1,12 @@
 """One model, many topologies: meshes, processes, and checkpoints that move between them."""
 import dataclasses
+import functools
+import json
 import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,7 @@ import pytest
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs, zipper_error
 from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
-from zipper_jax import checkpoints, decoding, main, models, optimizer, partitioning, train
+from zipper_jax import batch, checkpoints, decoding, main, models, optimizer, partitioning, train
 from zipper_jax.layers import KVCache
 from zipper_jax.zipper import ZipperConfig
 
@@ -138,3 +141,36 @@ def test_a_parameter_that_does_not_divide_its_axis_is_refused_by_name(tmp_path, 
          "over mesh axes tensor=5 (5 devices)" in line
   assert "text/blocks/mlp/gate/kernel dimension 1 ('embed') of size 768 does not divide over " \
          "mesh axes fsdp=8 (8 devices)" not in line  # 768 = 8 x 96: only what fails is named
+
+
+def test_init_checkpoints_restore_straight_into_the_sharded_layout(tmp_path):
+  """FSDP over 8 devices: each holds 1/8 of every weight split along `embed`, restored so."""
+  tower = models.TowerModel(TOWERS['text'])
+  example = batch.dummy_batch(tower.towers, {'text': 4}, 1)
+  pretrained = nn.unbox(jax.jit(tower.init)(jax.random.key(3), example))
+  checkpoints.save_params(str(tmp_path / 'text'), pretrained, {'step': 0})
+  partitioner = partitioning.Partitioner((1, 8, 1))
+  state = run(tmp_path / 'zipper', 0, partitioner, init_checkpoints={'text': str(tmp_path / 'text')})
+  text = state.all_params['text']
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(text), pretrained)
+  layout = partitioning.mesh_axes_of(jax.eval_shape(tower.init, jax.random.key(0), example))
+  for name, shape, _, _, mesh_axes in layout:
+    leaf = functools.reduce(lambda node, key: node[key], name.split('/'), text)
+    expected = tuple(n // 8 if 'fsdp' in axes else n for n, axes in zip(shape, mesh_axes))
+    assert {s.data.shape for s in leaf.addressable_shards} == {expected}, name
+  assert text['blocks']['mlp']['gate']['kernel'].addressable_shards[0].data.shape == (2, 4, 64)
+
+
+def test_a_sharded_restore_never_holds_a_whole_copy():
+  """Peak host memory of the restore (8 fake devices, all on this host): within 1.5x the shards'
+  total plus one tensor; replicated, it is several copies."""
+  measure = lambda *flags: json.loads(subprocess.run(
+      [sys.executable, os.path.join(REPO, 'tests', 'restore_memory.py'), *flags],
+      env=dict(os.environ, MALLOC_ARENA_MAX='1'), check=True, capture_output=True, text=True,
+      timeout=300).stdout.splitlines()[-1])
+  sharded, replicated = measure('--sharded'), measure()
+  print(f'restore peak: sharded {sharded["peak_bytes"] / 1e6:.0f} MB, replicated '
+        f'{replicated["peak_bytes"] / 1e6:.0f} MB, tower {sharded["tower_bytes"] / 1e6:.0f} MB')
+  assert sharded['gate_shard_shapes'] == [[4, 64, 2048]]  # [layers, embed / 8, mlp]
+  assert sharded['peak_bytes'] <= 1.5 * sharded['tower_bytes'] + sharded['largest_tensor_bytes']
+  assert replicated['peak_bytes'] > 3 * sharded['tower_bytes']

@@ -115,8 +115,10 @@ def latest_step(model_dir: str) -> int | None:
 def load_params(model_dir: str, abstract_params=None, sharding=None):
   """The parameters of the newest readable checkpoint of the run in `model_dir`.
 
-  Without `abstract_params` they come back with `sharding` (default: replicated on every
-  device), whatever topology saved them (e.g. a pre-trained tower to zip).
+  With `abstract_params` (shapes with shardings: `Partitioner.abstract`) each device reads only
+  its shards, whatever topology saved them, and a checkpoint of other shapes is a
+  `CheckpointError` naming them. Without, they come back with `sharding` (default: replicated on
+  every device: a whole copy each).
   """
   return load_step_and_params(model_dir, abstract_params, sharding)[1]
 
@@ -126,8 +128,10 @@ def load_step_and_params(model_dir: str, abstract_params=None, sharding=None):
   directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'no checkpoints under {model_dir!r} (looked for {directory})')
+  largest = None if abstract_params is None else max(
+      (leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(abstract_params)), default=None)
   manager = ocp.CheckpointManager(
-      directory, item_handlers=_item_handlers(),
+      directory, item_handlers=_item_handlers(restore_bytes=largest),
       options=ocp.CheckpointManagerOptions(read_only=True))
 
   def args(step):
@@ -139,16 +143,24 @@ def load_step_and_params(model_dir: str, abstract_params=None, sharding=None):
                             manager.item_metadata(step)['params'])
     return ocp.args.Composite(params=ocp.args.StandardRestore(target))
 
-  found = _newest_readable(manager, directory, args)
+  targets = None if abstract_params is None else {'params': abstract_params}
+  found = _newest_readable(manager, directory, args, targets)
   if found is None:
     raise FileNotFoundError(f'no readable checkpoint under {directory}')
   return found[0], found[1].params
 
 
-def _item_handlers() -> dict:
-  """How each item of a step is written: what reading its metadata back needs too."""
-  return {'params': ocp.StandardCheckpointHandler(),
-          'opt_state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+def _item_handlers(restore_bytes: int | None = None) -> dict:
+  """How each item of a step is written: what reading its metadata back needs too.
+
+  `restore_bytes` caps the parameter bytes read at once (orbax's default allows 96 GB in
+  flight, a second copy of any model): the largest array's size (and a MiB, as orbax counts in
+  GB) keeps a restore within the parameters' own memory plus about one array.
+  """
+  params = (ocp.StandardCheckpointHandler() if restore_bytes is None else
+            ocp.StandardCheckpointHandler(restore_concurrent_gb=(restore_bytes + 2**20) / 1e9))
+  return {'params': params, 'opt_state': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler()}
 
 
 def _newest_readable(manager, directory: str, args, targets=None):

@@ -89,7 +89,7 @@ def evaluate_checkpoint(model: models.Model | None = None, *, model_dir: str = g
   results = {}
   for task in tasks:
     results[task] = train_lib.evaluate(model, params, task, lengths, batch_size, split=split,
-                                       max_batches=max_batches)
+                                       max_batches=max_batches, partitioner=run.partitioner)
     run.write_eval(task, results[task])
   if hooks:
     results['hooks'] = train_lib.run_hooks(hooks, step, model, params)

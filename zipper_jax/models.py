@@ -97,6 +97,16 @@ class Model:
   def params_from_towers(self, rng, batch, tower_params: Mapping):
     raise NotImplementedError
 
+  def pretrained_tower(self, name: str) -> TowerConfig:
+    """The config of the tower whose pre-training run `INIT_CHECKPOINTS` gives for `name`."""
+    raise NotImplementedError
+
+  def pretrained_shapes(self, name: str):
+    """The boxed parameter shapes (with logical axes) of that tower's run: what to restore."""
+    inputs = TowerInput.from_tokens(jnp.zeros((1, 1), jnp.int32))
+    return jax.eval_shape(Tower(self.pretrained_tower(name)).init, jax.random.key(0),
+                          inputs)['params']
+
   def train_flops_per_example(self, lengths: Mapping[str, int], frozen=()) -> int:
     """Exact matmul FLOPs of one example's forward and backward pass (`flops.py`)."""
     return flops.towers_train_flops(self.tower_configs, lengths, set(frozen))
@@ -118,6 +128,11 @@ class ZipperModel(Model):
 
   def params_from_towers(self, rng, batch, tower_params):
     return zipping.zip_params(self.module, rng, self.inputs(batch), tower_params)
+
+  def pretrained_tower(self, name):
+    if name not in self.tower_configs:
+      raise KeyError(f'tower {name!r} is not in the Zipper; towers are {sorted(self.towers)}')
+    return self.tower_configs[name]
 
   @functools.cache
   def decoder(self, output):
@@ -152,6 +167,11 @@ class TowerModel(Model):
                                  f'parameters given for tower {self.name!r}')
     return tower_params[self.name]
 
+  def pretrained_tower(self, name):
+    if name != self.name:
+      raise KeyError(f'a {self.name!r} tower initialises from {self.name!r} only; got {name!r}')
+    return self.tower_configs[name]
+
   def decoder(self, output=None):
     if output not in (None, self.name):
       raise ValueError(f'a {self.name!r} tower decodes {self.name!r}, not {output!r}')
@@ -176,3 +196,8 @@ class SingleDecoderModel(TowerModel):
     grown = baseline.single_decoder_params(tower_params['text'], self.text_config,
                                            self.speech_vocab_size, rng)
     return super().params_from_towers(rng, batch, {self.name: grown})
+
+  def pretrained_tower(self, name):
+    if name != 'text':
+      raise KeyError(f'the Single Decoder initialises from a text tower only; got {name!r}')
+    return self.text_config

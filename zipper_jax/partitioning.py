@@ -99,6 +99,24 @@ class Partitioner:
     check_divisible(boxed_tree, dict(self.mesh.shape), self.rules)
     return logical_to_sharding(nn.get_partition_spec(boxed_tree), self.mesh, self.rules)
 
+  def abstract(self, boxed_tree):
+    """`jax.ShapeDtypeStruct`s with their shardings, for a tree of boxed arrays or shapes: what
+    to restore a checkpoint into, or to compile against, with nothing allocated."""
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                    sharding=sharding),
+                        nn.unbox(boxed_tree), self.shardings(boxed_tree))
+
+  def fits(self) -> bool:
+    """Whether the devices present can make this mesh."""
+    if (self.num_devices or 0) > jax.device_count():
+      return False
+    try:
+      resolve_mesh_shape(self.mesh_shape, self.num_devices or jax.device_count(),
+                         self.dcn_mesh_shape)
+    except ValueError:
+      return False
+    return True
+
   def sharding(self, logical_axes: Sequence[str | None]) -> NamedSharding:
     return NamedSharding(self.mesh, nn.logical_to_mesh_axes(tuple(logical_axes), self.rules))
 

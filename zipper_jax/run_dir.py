@@ -16,14 +16,17 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import os
 from typing import Any, Iterator, Mapping
 
 import gin
+import jax
 import seqio
 from gin import config as gin_state
 
-from zipper_jax import atomic_files, checkpoints, vocabularies
+from zipper_jax import atomic_files, checkpoints, partitioning, vocabularies
+from zipper_jax import batch as batch_lib
 from zipper_jax import configurables  # noqa: F401 -- registers every name a config.gin holds
 from zipper_jax.errors import UserError
 from zipper_jax.models import Model
@@ -60,12 +63,13 @@ def isolated_gin_config() -> Iterator[None]:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """What a run's config.gin says of its model, its data's shapes and its length (None where
-  it says nothing: an imported tower was never trained; a run trained from Python, not gin,
-  names no model)."""
+  """What a run's config.gin says of its model, its data's shapes, its length and its mesh
+  (None where it says nothing: an imported tower was never trained; a run trained from Python,
+  not gin, names no model)."""
   model: Model | None
   task_feature_lengths: dict[str, int] | None
   train_steps: int | None
+  partitioner: partitioning.Partitioner | None
 
 
 class RunDir:
@@ -95,10 +99,12 @@ class RunDir:
       raise FileNotFoundError(f'{self.path} is not a run directory: it has no config.gin')
     with isolated_gin_config():
       gin.parse_config_file(self.config_path, skip_unknown=True)
-      model, lengths, steps = (_macro(name) for name in
+      model, lengths, steps = (_query(f'%{name}') for name in
                                ('MODEL', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS'))
+      partitioner = _query('train.partitioner')
       model = model and model.scoped_configurable_fn()
-    return RunConfig(model, lengths and dict(lengths), steps)
+      partitioner = partitioner and partitioner.scoped_configurable_fn()
+    return RunConfig(model, lengths and dict(lengths), steps, partitioner)
 
   @property
   def model(self) -> Model:
@@ -112,6 +118,26 @@ class RunDir:
     if self.config.task_feature_lengths is None:
       raise RunMismatch(f'{self.config_path} sets no TASK_FEATURE_LENGTHS: give them')
     return self.config.task_feature_lengths
+
+  @functools.cached_property
+  def partitioner(self) -> partitioning.Partitioner:
+    """The mesh and rules the run trains with, on the devices present. A mesh these devices
+    cannot make (a pod run read on a workstation) becomes FSDP over all of them: parameters
+    stay split, never a whole copy per device."""
+    partitioner = self.config.partitioner or partitioning.Partitioner()
+    if not partitioner.fits():
+      logging.warning('%s trains on mesh %s, which %d devices cannot make: loading it with FSDP '
+                      'over them', self.path, tuple(partitioner.mesh_shape), jax.device_count())
+      partitioner = partitioning.Partitioner((1, -1, 1), rules=partitioner.rules)
+    return partitioner
+
+  def abstract_params(self, partitioner: partitioning.Partitioner | None = None):
+    """The run's parameters as shapes, with the shardings `partitioner` (default: the run's)
+    gives them: what a checkpoint restores into."""
+    model = self.model
+    example = batch_lib.dummy_batch(model.towers, {t: 1 for t in model.towers}, 1)
+    boxed = jax.eval_shape(model.init, jax.random.key(0), example)
+    return (partitioner or self.partitioner).abstract(boxed)
 
   def vocabularies(self) -> dict[str, seqio.Vocabulary]:
     return vocabularies.load_vocabularies(self.path)
@@ -156,6 +182,11 @@ class RunDir:
     return checkpoints.latest_step(self.path)
 
   def load_step_and_params(self, abstract_params=None, sharding=None):
+    """(step, parameters) of the newest checkpoint: by default restored straight into the
+    run's sharded layout (`abstract_params`), or given `sharding` for a run that names no
+    model."""
+    if abstract_params is None and sharding is None and self.config.model is not None:
+      abstract_params = self.abstract_params()
     return checkpoints.load_step_and_params(self.path, abstract_params, sharding)
 
   def load_params(self, abstract_params=None, sharding=None):
@@ -174,9 +205,9 @@ class RunDir:
       return json.load(f)
 
 
-def _macro(name: str):
+def _query(binding: str):
   try:
-    return gin.query_parameter(f'%{name}')
+    return gin.query_parameter(binding)
   except ValueError:
     return None
 

@@ -107,11 +107,7 @@ def train(model: Model = gin.REQUIRED, *,
   param_shardings = partitioner.shardings(boxed)
   opt_shardings = partitioner.shardings(boxed_opt)
   batch_sharding = partitioner.batch_sharding
-  abstract = lambda shapes, shardings: jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(shapes),
-      shardings)
-  abstract_params, abstract_opt = abstract(boxed, param_shardings), abstract(boxed_opt,
-                                                                             opt_shardings)
+  abstract_params, abstract_opt = partitioner.abstract(boxed), partitioner.abstract(boxed_opt)
 
   # A directory that holds another model's run is refused before anything is written.
   run = RunDir(model_dir)
@@ -217,13 +213,15 @@ def train(model: Model = gin.REQUIRED, *,
 
 def _initial_params(model: Model, rng, example, init_checkpoints,
                     partitioner: partitioning.Partitioner, shardings):
-  """Fresh parameters, with the towers named in `init_checkpoints` taken from their runs."""
+  """Fresh parameters, with the towers named in `init_checkpoints` taken from their runs: each
+  restored straight into its sharded layout (no device ever holds a whole tower), then zipped."""
   if not init_checkpoints:
     return partitioner.initialize(model.init, rng, example, shardings=shardings)[0]
-  towers = {name: checkpoints.load_params(path, sharding=partitioner.sharding(()))
+  towers = {name: checkpoints.load_params(path, partitioner.abstract(model.pretrained_shapes(name)))
             for name, path in init_checkpoints.items()}
-  return jax.jit(lambda r, t: model.params_from_towers(r, example, t),
-                 out_shardings=shardings)(rng, towers)
+  # Donated: a restored tower's buffers become the Zipper's, not a second copy of them.
+  return jax.jit(lambda r, t: model.params_from_towers(r, example, t), out_shardings=shardings,
+                 donate_argnums=1)(rng, towers)
 
 
 def _check_finite(pending, checkpointer, last_good) -> dict:
