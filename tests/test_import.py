@@ -161,6 +161,26 @@ def test_sharded_safetensors_import_as_one_file_does(tmp_path):
                checkpoints.load_params(str(tmp_path / 'runs' / 'sharded')))
 
 
+def test_a_large_export_is_sharded_with_an_index_that_transformers_and_import_read(tmp_path):
+  original = hf_checkpoint(tmp_path / 'hf', 'qwen2_gqa')
+  import_export.import_tower(str(tmp_path / 'hf'), str(tmp_path / 'run'))
+  assert main.main(['export', '--model_dir', str(tmp_path / 'run'), '--to', 'hf',
+                    '--max_shard_bytes=100000', str(tmp_path / 'out')]) == 0
+  shards = sorted(p.name for p in (tmp_path / 'out').glob('*.safetensors'))
+  assert len(shards) >= 3 and shards[0] == f'model-00001-of-{len(shards):05d}.safetensors'
+  with open(tmp_path / 'out' / 'model.safetensors.index.json') as f:
+    index = json.load(f)
+  assert set(index['weight_map'].values()) == set(shards)
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / 'out').eval()
+  expected, got = original.state_dict(), reloaded.state_dict()
+  assert expected.keys() == got.keys()
+  for name, tensor in expected.items():
+    assert torch.equal(tensor, got[name]), name
+  import_export.import_tower(str(tmp_path / 'out'), str(tmp_path / 'again'))
+  jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(str(tmp_path / 'run')),
+               checkpoints.load_params(str(tmp_path / 'again')))
+
+
 def test_what_cannot_be_imported_is_named(tmp_path):
   hf = hf_checkpoint(tmp_path / 'hf', 'llama').config.to_dict()
   with pytest.raises(ValueError, match="unknown architecture 'GPT2LMHeadModel'"):
