@@ -92,7 +92,15 @@ class Checkpointer:
 
 def save_params(model_dir: str, params, meta: dict[str, Any]) -> None:
   """Parameters alone as step 0 of a run in `model_dir` (an imported pre-trained tower):
-  `load_params` and a trainer's `INIT_CHECKPOINTS` read it; there is no optimizer state."""
+  `load_params` and a trainer's `INIT_CHECKPOINTS` read it; there is no optimizer state.
+
+  numpy leaves are saved from the host's CPU device, which wraps them without a copy (orbax
+  would otherwise convert them all at once, a second copy of the model), and never from an
+  accelerator, which one whole model would not fit.
+  """
+  host = jax.local_devices(backend='cpu')[0]
+  params = jax.tree.map(lambda x: jax.device_put(x, host) if isinstance(x, np.ndarray) else x,
+                        params)
   manager = ocp.CheckpointManager(
       os.path.join(os.path.abspath(model_dir), 'checkpoints'), item_names=('params', 'meta'),
       options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
