@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := flite sword-text-web diatheke wordnet-base fortunes
 SYSTEM_STAMP := $(VENV)/.system-packages
 
+# libtpu and the CUDA plugin as compile-only targets of `zipper compile` (1.3 GB; 0: none).
+COMPILE_ONLY ?= 1
+
 SUDO := $(shell [ $$(id -u) = 0 ] || echo sudo)
 
 .PHONY: install system-packages test test-fast soak demo bench clean
@@ -24,12 +27,15 @@ $(SYSTEM_STAMP):
 	fi
 	mkdir -p $(VENV) && touch $@
 
-$(STAMP): setup.py requirements/base.txt requirements/no-deps.txt requirements/test.txt $(SYSTEM_STAMP)
+$(STAMP): setup.py requirements/base.txt requirements/no-deps.txt requirements/test.txt \
+          requirements/compile-only.txt $(SYSTEM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/base.txt -r requirements/test.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements/no-deps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	[ "$(COMPILE_ONLY)" = 0 ] || $(PY) -m pip install --quiet --no-deps --target \
+	  $(VENV)/compile-only -r requirements/compile-only.txt
 	touch $@
 
 test: $(STAMP)

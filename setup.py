@@ -19,6 +19,7 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.11',
     packages=setuptools.find_packages(include=['zipper_jax', 'zipper_jax.*', 'tasks', 'tasks.*']),
+    package_data={'zipper_jax': ['h100_sxm.txtpb']},  # the H100 `zipper compile` targets
     # The pinned stack, tested together. `make install` installs the last two with --no-deps:
     # tensorflow-text declares the full `tensorflow` wheel, which would land beside tensorflow-cpu.
     install_requires=_requirements('base.txt') + _requirements('no-deps.txt'),

@@ -1,6 +1,8 @@
 """The cluster launchers produce the commands and manifests a cluster needs."""
+import io
 import os
 import subprocess
+import tarfile
 import sys
 
 import yaml
@@ -19,11 +21,19 @@ def test_tpu_dry_run_prints_every_step_on_every_worker():
                  '--dry_run', 'all', '--', *TRAIN_ARGS).splitlines()
   assert out[0].startswith('gcloud compute tpus tpu-vm create z --zone=us-central2-b')
   assert '--accelerator-type=v4-32' in out[0]
-  assert out[1].startswith('gcloud compute tpus tpu-vm scp --recurse . z:zipper_jax')
-  train = out[3]
+  # What git tracks, as one tarball: not .venv/ (gigabytes), runs or caches.
+  archive = out[1].split()
+  assert archive[:2] == ['git', '-C'] and archive[3:5] == ['archive', '--format=tar.gz']
+  tarball = archive[5].removeprefix('--output=')
+  listed = tarfile.open(fileobj=io.BytesIO(subprocess.run(
+      ['git', 'archive', archive[6]], cwd=REPO, check=True, capture_output=True).stdout)).getnames()
+  assert 'zipper_jax/train.py' in listed and not any(n.startswith('.venv') for n in listed)
+  assert out[2].startswith(f'gcloud compute tpus tpu-vm scp {tarball} z:zipper_jax.tar.gz')
+  assert 'tar -xzf zipper_jax.tar.gz -C zipper_jax' in out[3] and 'make install' in out[3]
+  train = out[4]
   assert '--worker=all' in train and '.venv/bin/zipper train --distributed' in train
   assert "MODEL_DIR=" in train and 'gs://bucket/run' in train
-  assert out[4] == 'gcloud compute tpus tpu-vm delete z --zone=us-central2-b --quiet'
+  assert out[5] == 'gcloud compute tpus tpu-vm delete z --zone=us-central2-b --quiet'
 
 
 def test_jobset_manifests_for_tpu_and_gpu_pools():

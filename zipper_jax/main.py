@@ -1,8 +1,9 @@
-"""The `zipper` command. `train`, `eval` and `layout` are configured by gin:
+"""The `zipper` command. `train`, `eval`, `layout` and `compile` are configured by gin:
 
   zipper train --gin_file=gin/experiments/tiny_zipper_frozen_text.gin \\
       --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=1000
   zipper eval --model_dir=/tmp/run --gin_file=gin/runs/eval.gin --gin.EVAL_TASKS="['asr']"
+  zipper compile --topology=v5p:4x4x8 --gin_file=gin/experiments/zipper_8b_speech_1b.gin
 
 Gin files are looked up relative to the working directory and to the repository root, so
 `include 'gin/models/tiny.gin'` works from anywhere. Every binding is checked when the files are
@@ -15,7 +16,8 @@ ZIPPER_DEBUG=1) shows its traceback and TensorFlow's start-up messages too.
 The other commands take plain flags (`zipper COMMAND --help`): `predict` and `score` here, and
 those that products built on the framework add (the speech corpus, transcribe and speak, report;
 import and export). A product adds commands through the `zipper.commands` entry point group
-(setup.py): each entry is a function `add_parser(subparsers)` that sets `run(args)`.
+(setup.py): each entry is a function `add_parser(subparsers)` that sets `run(args)` (or
+`run(args, bindings)` with `takes_bindings=True`, for one that takes `--gin.` bindings).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ with silenced_stderr(VERBOSE_FLAG not in sys.argv and os.environ.get('ZIPPER_DEB
 import gin  # noqa: E402
 import jax  # noqa: E402
 
-from zipper_jax import batch, infer, models, partitioning  # noqa: E402
+from zipper_jax import ahead_of_time, batch, infer, models, partitioning  # noqa: E402
 from zipper_jax import train as train_lib  # noqa: E402
 from zipper_jax import configurables  # noqa: E402,F401 -- registers what gin can configure
 from zipper_jax.errors import UserError  # noqa: E402
@@ -175,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument('--coordinator_address', help='multi-host: HOST:PORT of process 0')
     command.add_argument('--num_processes', type=int, help='multi-host: number of processes')
     command.add_argument('--process_id', type=int, help='multi-host: this process\'s index')
-    command.set_defaults(run=run_gin_command)
+    command.set_defaults(run=run_gin_command, takes_bindings=True)
   infer.add_parser(commands)
+  ahead_of_time.add_parser(commands)
   for entry_point in sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP),
                             key=lambda e: e.name):
     entry_point.load()(commands)
@@ -218,12 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       force=True)
   logging.getLogger('absl').setLevel(logging.INFO if verbose else logging.ERROR)
   logging.getLogger('jax').setLevel(logging.INFO if verbose else logging.WARNING)
-  argv, bindings = split_gin_bindings(argv)
-  args = build_parser().parse_args(argv)
-  if args.run is not run_gin_command and bindings:
+  rest, bindings = split_gin_bindings(argv)
+  args = build_parser().parse_args(rest)
+  args.argv = argv  # as given, for a command that runs itself in another process
+  takes_bindings = getattr(args, 'takes_bindings', False)
+  if not takes_bindings and bindings:
     raise SystemExit(f'zipper {args.command} takes no --gin. bindings: {bindings}')
   try:
-    return args.run(args, bindings) if args.run is run_gin_command else args.run(args)
+    return args.run(args, bindings) if takes_bindings else args.run(args)
   except (UserError, FileNotFoundError) as error:  # a missing file is named, and the user's
     if verbose:
       raise

@@ -111,6 +111,11 @@ class Model:
     """Exact matmul FLOPs of one example's forward and backward pass (`flops.py`)."""
     return flops.towers_train_flops(self.tower_configs, lengths, set(frozen))
 
+  def forward_flops_per_example(self, lengths: Mapping[str, int]) -> int:
+    """Exact matmul FLOPs of one example's forward pass."""
+    return sum(flops.tower_forward_flops(c, lengths[name])
+               for name, c in self.tower_configs.items())
+
   def _module_inputs(self, inputs):
     return (inputs,)
 
@@ -141,6 +146,10 @@ class ZipperModel(Model):
   def train_flops_per_example(self, lengths, frozen=()):
     return (super().train_flops_per_example(lengths, frozen) +
             flops.zipping_train_flops(self.config, lengths))
+
+  def forward_flops_per_example(self, lengths):
+    return (super().forward_flops_per_example(lengths) +
+            flops.zipping_forward_flops(self.config, lengths))
 
 
 class TowerModel(Model):

@@ -51,12 +51,18 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), axis_names: Sequence[str] = MES
   """
   devices = np.asarray(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(shape, devices.size, dcn_shape)
-  axis_types = (AxisType.Auto,) * len(shape)
+  # Meshes that split a physical axis (e.g. a 4-way tensor axis along a TPU slice's 16-chip
+  # dimension) are allowed: the rules, not the torus, decide what talks to what.
   if dcn_shape:
-    grid = mesh_utils.create_hybrid_device_mesh(shape, dcn_shape, devices.ravel().tolist())
-    return Mesh(grid, tuple(axis_names), axis_types=axis_types)
-  return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=axis_types,
-                       devices=devices.ravel().tolist())
+    # Slices are the granules on TPUs; hosts are on GPUs, whose devices carry no slice index.
+    by_process = len({getattr(d, 'slice_index', 0) for d in devices.ravel()}) == 1
+    grid = mesh_utils.create_hybrid_device_mesh(shape, dcn_shape, devices.ravel().tolist(),
+                                                process_is_granule=by_process,
+                                                allow_split_physical_axes=True)
+  else:
+    grid = mesh_utils.create_device_mesh(shape, devices.ravel().tolist(),
+                                         allow_split_physical_axes=True)
+  return Mesh(grid, tuple(axis_names), axis_types=(AxisType.Auto,) * len(shape))
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int,
@@ -87,11 +93,13 @@ class Partitioner:
   dcn_mesh_shape: Sequence[int] | None = None
   rules: Sequence[tuple[str, Any]] = DEFAULT_RULES
   num_devices: int | None = None  # the first N devices only (e.g. to restore onto fewer)
+  devices: Sequence[Any] | None = None  # others than jax.devices(): `zipper compile`'s targets
 
   @functools.cached_property
   def mesh(self) -> Mesh:
-    devices = jax.devices()[:self.num_devices] if self.num_devices else None
-    return make_mesh(self.mesh_shape, devices=devices, dcn_shape=self.dcn_mesh_shape)
+    devices = self.devices or jax.devices()
+    return make_mesh(self.mesh_shape, devices=devices[:self.num_devices or len(devices)],
+                     dcn_shape=self.dcn_mesh_shape)
 
   def shardings(self, boxed_tree):
     """NamedShardings for a tree of boxed (logically named) arrays or shapes; a `LayoutError`
@@ -108,11 +116,11 @@ class Partitioner:
 
   def fits(self) -> bool:
     """Whether the devices present can make this mesh."""
-    if (self.num_devices or 0) > jax.device_count():
+    available = len(self.devices or jax.devices())
+    if (self.num_devices or 0) > available:
       return False
     try:
-      resolve_mesh_shape(self.mesh_shape, self.num_devices or jax.device_count(),
-                         self.dcn_mesh_shape)
+      resolve_mesh_shape(self.mesh_shape, self.num_devices or available, self.dcn_mesh_shape)
     except ValueError:
       return False
     return True

@@ -33,7 +33,7 @@ class TowerConfig:
   norm_epsilon: float = 1e-6
   tie_embeddings: bool = False
   qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
-  dtype: Any = jnp.float32  # compute
+  dtype: Any = jnp.float32  # compute; a name too ('bfloat16'), as gin files give it
   param_dtype: Any = jnp.float32
   remat: str = 'none'  # what the backward pass recomputes: see stacks.REMAT_POLICIES
   scan_layers: bool = True  # one compiled block for all; False unrolls them (same parameters)
@@ -42,6 +42,9 @@ class TowerConfig:
   vocab_multiple: int = 128
 
   def __post_init__(self):
+    for name in ('dtype', 'param_dtype'):
+      if isinstance(getattr(self, name), str):
+        object.__setattr__(self, name, jnp.dtype(getattr(self, name)))
     kv_heads = self.num_kv_heads or self.num_heads
     if self.num_heads % kv_heads:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}')

@@ -2,13 +2,14 @@
 metrics. `train` is what every gin run file configures; read it top to bottom."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import gin
@@ -99,15 +100,9 @@ def train(model: Model = gin.REQUIRED, *,
   towers = model.towers
   example = batch_lib.dummy_batch(towers, task_feature_lengths, batch_size)
 
-  # Shardings of every array the step touches, from the layers' logical axis names.
-  boxed = jax.eval_shape(model.init, rng, example)
-  mask = freezing.trainable_mask(nn.unbox(boxed), frozen_towers)
-  tx = optimizer(learning_rate=learning_rate)
-  boxed_opt = jax.eval_shape(lambda: tx.init(freezing.partition(boxed, mask)[0]))
-  param_shardings = partitioner.shardings(boxed)
-  opt_shardings = partitioner.shardings(boxed_opt)
-  batch_sharding = partitioner.batch_sharding
-  abstract_params, abstract_opt = partitioner.abstract(boxed), partitioner.abstract(boxed_opt)
+  layout = StepLayout.of(model, example, rng, optimizer(learning_rate=learning_rate),
+                         frozen_towers, partitioner)
+  tx, mask = layout.optimizer, layout.mask
 
   # A directory that holds another model's run is refused before anything is written.
   run = RunDir(model_dir)
@@ -116,7 +111,8 @@ def train(model: Model = gin.REQUIRED, *,
   if jax.process_index() == 0:
     run.write_config(gin.config_str(), vocabularies)
   checkpointer = run.checkpointer(keep_checkpoints)
-  restored = checkpointer.restore_latest(abstract_params, abstract_opt)
+  restored = checkpointer.restore_latest(partitioner.abstract(layout.params),
+                                         partitioner.abstract(layout.opt_state))
   if restored is not None:
     step, params, opt_state, meta = restored
     batches_consumed = meta['batches_consumed']
@@ -124,21 +120,16 @@ def train(model: Model = gin.REQUIRED, *,
   else:
     step, batches_consumed = 0, 0
     params = _initial_params(model, rng, example, init_checkpoints, partitioner,
-                             param_shardings)
+                             layout.param_shardings)
     opt_state = jax.jit(lambda p: tx.init(freezing.partition(p, mask)[0]),
-                        out_shardings=opt_shardings)(params)
-  state_shardings = TrainState(partitioner.sharding(()),
-                               *freezing.partition(param_shardings, mask), opt_shardings)
+                        out_shardings=layout.state_shardings.opt_state)(params)
   state = jax.device_put(TrainState(jnp.asarray(step, jnp.int32),
                                     *freezing.partition(params, mask), opt_state),
-                         state_shardings)
+                         layout.state_shardings)
+  batch_sharding = layout.batch_sharding
 
   with partitioner.context():
-    step_fn = jax.jit(functools.partial(train_step, model=model, optimizer=tx,
-                                        num_microbatches=num_microbatches),
-                      in_shardings=(state_shardings, batch_sharding),
-                      out_shardings=(state_shardings, partitioner.sharding(())),
-                      donate_argnums=0)
+    step_fn = layout.jit_train_step(model, num_microbatches)
     source = data.describe(mixture_or_task_name)
     batches = data.DataIterator(
         data.get_dataset(mixture_or_task_name, task_feature_lengths, towers, batch_size,
@@ -209,6 +200,50 @@ def train(model: Model = gin.REQUIRED, *,
       checkpointer.close()
       writer.flush()
   return state
+
+
+@dataclasses.dataclass(frozen=True)
+class StepLayout:
+  """Where every array of a training step lives, from the layers' logical axis names: what the
+  trainer places and restores, and what `zipper compile` lowers on abstract shapes."""
+  params: Any  # parameter shapes, boxed with their logical axes
+  mask: Any  # True where a parameter trains
+  optimizer: optax.GradientTransformation
+  opt_state: Any  # optimizer state shapes, boxed
+  param_shardings: Any
+  state_shardings: TrainState
+  batch_sharding: jax.sharding.NamedSharding
+  scalar_sharding: jax.sharding.NamedSharding
+
+  @classmethod
+  def of(cls, model: Model, example, rng, optimizer: optax.GradientTransformation,
+         frozen_towers: Sequence[str], partitioner: partitioning.Partitioner) -> StepLayout:
+    params = jax.eval_shape(model.init, rng, example)
+    mask = freezing.trainable_mask(nn.unbox(params), frozen_towers)
+    opt_state = jax.eval_shape(lambda: optimizer.init(freezing.partition(params, mask)[0]))
+    param_shardings = partitioner.shardings(params)
+    state_shardings = TrainState(partitioner.sharding(()),
+                                 *freezing.partition(param_shardings, mask),
+                                 partitioner.shardings(opt_state))
+    return cls(params, mask, optimizer, opt_state, param_shardings, state_shardings,
+               partitioner.batch_sharding, partitioner.sharding(()))
+
+  def abstract_state(self) -> TrainState:
+    """The step's state as shapes with shardings: nothing allocated."""
+    shapes = TrainState(jax.ShapeDtypeStruct((), jnp.int32),
+                        *freezing.partition(nn.unbox(self.params), self.mask),
+                        nn.unbox(self.opt_state))
+    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                                 sharding=sharding),
+                        shapes, self.state_shardings)
+
+  def jit_train_step(self, model: Model, num_microbatches: int = 1):
+    """The jitted `train_step` (state donated), as the trainer runs it."""
+    return jax.jit(functools.partial(train_step, model=model, optimizer=self.optimizer,
+                                     num_microbatches=num_microbatches),
+                   in_shardings=(self.state_shardings, self.batch_sharding),
+                   out_shardings=(self.state_shardings, self.scalar_sharding),
+                   donate_argnums=0)
 
 
 def _initial_params(model: Model, rng, example, init_checkpoints,

@@ -1,0 +1,100 @@
+"""Which realistic Zippers fit which TPU slices and GPU nodes: `zipper compile` for each
+experiment x topology, as a Markdown table (docs/pod.md) and JSON.
+
+  python benchmarks/fit_table.py                         # the pod experiments, every topology
+  python benchmarks/fit_table.py --experiments gin/experiments/tiny_zipper_frozen_text.gin \\
+      --topologies v5e:2x2,h100:1x2 --markdown /tmp/fit.md --json /tmp/fit.json
+
+Each compile runs in a process of its own (one at a time: a pod-size compile takes minutes and
+gigabytes). Nothing is measured on hardware: bytes are XLA's accounting of the compiled program,
+step times are the exact FLOPs at the chip's published peak (compute-bound, a lower bound).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+from zipper_jax import topologies
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = ('gin/experiments/pod_smollm2_zipper_s.gin', 'gin/experiments/pod_zipper_1b.gin',
+               'gin/experiments/pod_zipper_8b.gin')
+TOPOLOGIES = ('v5e:4x4', 'v5e:16x16', 'v5p:4x4x8', 'v6e:4x4', 'h100:1x8', 'h100:4x8')
+# The stretch: a 70B text tower, on the 256-chip slices only.
+STRETCH = {'gin/experiments/pod_zipper_70b.gin': ('v5e:16x16', 'v5p:4x8x8')}
+
+
+def compile_one(experiment: str, topology: str, bindings=()) -> dict:
+  """`zipper compile`'s JSON line, or {'error': its last line} when it could not compile."""
+  done = subprocess.run([sys.executable, '-c', 'import sys; from zipper_jax import main; '
+                         'sys.exit(main.main(sys.argv[1:]))', 'compile', f'--topology={topology}',
+                         f'--gin_file={experiment}', *bindings],
+                        cwd=REPO, capture_output=True, text=True,
+                        env=topologies.compile_only_environment())
+  lines = done.stdout.strip().splitlines()
+  if lines and lines[-1].startswith('{'):
+    return json.loads(lines[-1])
+  errors = [line for line in done.stderr.splitlines() if line.strip()]
+  return {'topology': topology, 'error': errors[-1] if errors else f'exit {done.returncode}'}
+
+
+def gib(n: int) -> str:
+  return f'{n / 2**30:.1f}'
+
+
+def markdown(results: dict[str, list[dict]]) -> str:
+  lines = ['| experiment | topology | mesh | batch | fits | GiB per device (params + opt + '
+           'temp = total / HBM) | compile s | step at peak s |', '|---|---|---|---|---|---|---|---|']
+  for experiment, rows in results.items():
+    name = os.path.splitext(os.path.basename(experiment))[0]
+    for r in rows:
+      if 'error' in r:
+        lines.append(f'| {name} | {r["topology"]} | | | error | {r["error"]} | | |')
+        continue
+      b = r['bytes_per_device']
+      mesh = ' x '.join(f'{k} {v}' for k, v in r['mesh'].items() if v > 1) or 'one device'
+      fits = 'yes' if r['fits'] else f'no ({gib(r["shortfall_bytes"])} GiB short)'
+      lines.append(f'| {name} | {r["topology"]} | {mesh} | {r["batch"]} | {fits} | '
+                   f'{gib(b["params"])} + {gib(b["opt_state"])} + {gib(b["temp"])} = '
+                   f'{gib(b["total"])} / {gib(r["hbm_bytes"])} | {r["compile_seconds"]:.0f} | '
+                   f'{r["step_seconds_at_peak"]:.3g} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--experiments', help=f'default: {", ".join(EXPERIMENTS)}, then {STRETCH}')
+  parser.add_argument('--topologies', default=','.join(TOPOLOGIES))
+  parser.add_argument('--markdown', default=os.path.join(REPO, 'docs', 'fit_table.md'))
+  parser.add_argument('--json', default=os.path.join(REPO, 'docs', 'fit_table.json'))
+  args = parser.parse_args(argv)
+  experiments = args.experiments.split(',') if args.experiments else EXPERIMENTS
+  plan = {experiment: args.topologies.split(',') for experiment in experiments}
+  if not args.experiments:
+    plan |= STRETCH
+  results = {}
+  for experiment, topologies in plan.items():
+    results[experiment] = []
+    for topology in topologies:
+      result = compile_one(experiment, topology)
+      print(json.dumps({'experiment': experiment, **result}), flush=True)
+      results[experiment].append(result)
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+  header = (f'Produced by `python benchmarks/fit_table.py` at commit {commit} on '
+            f'{datetime.date.today()} (XLA ahead of time: libtpu 0.0.42.1, jax-cuda12-plugin '
+            '0.10.2; nothing ran on the hardware).\n\n')
+  with open(args.markdown, 'w') as f:
+    f.write(header + markdown(results))
+  with open(args.json, 'w') as f:
+    json.dump(results, f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
