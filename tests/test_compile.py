@@ -79,8 +79,8 @@ def test_the_decode_step_compiles_for_a_tpu_slice(capfd):
 
 
 def test_exact_flops_count_every_layer_where_xla_counts_a_scanned_body_once():
-  tower = TowerConfig(vocab_size=256, num_layers=4, embed_dim=256, num_heads=4, head_dim=64,
-                      mlp_dim=1024)
+  tower = TowerConfig(vocab_size=256, num_layers=4, embed_dim=128, num_heads=2, head_dim=64,
+                      mlp_dim=512)
   lengths = {'text': 64, 'speech': 128}
   counts = {}
   for scan in (True, False):
