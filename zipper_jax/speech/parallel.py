@@ -14,8 +14,9 @@ import tqdm
 
 
 def parallel_map(function, jobs: list, workers: int, description: str) -> list:
-  """[function(job) for job in jobs], in order, over `workers` processes."""
-  if workers <= 1 or not jobs:  # no processes to start for nothing
+  """[function(job) for job in jobs], in order, over `workers` processes (no more than jobs)."""
+  workers = min(workers, len(jobs))
+  if workers <= 1:  # no processes to start for one job or none
     return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
   with _without_main_module():
     pool = multiprocessing.get_context('spawn').Pool(workers)
