@@ -48,7 +48,8 @@ def gib(n: int) -> str:
 
 def markdown(results: dict[str, list[dict]]) -> str:
   lines = ['| experiment | topology | mesh | batch | fits | GiB per device (params + opt + '
-           'temp = total / HBM) | compile s | step at peak s |', '|---|---|---|---|---|---|---|---|']
+           'temp = total / HBM) | compile s | step at peak s |',
+           '|---|---|---|---|---|---|---|---|']
   for experiment, rows in results.items():
     name = os.path.splitext(os.path.basename(experiment))[0]
     for r in rows:

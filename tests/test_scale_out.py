@@ -132,7 +132,8 @@ def test_a_parameter_that_does_not_divide_its_axis_is_refused_by_name(tmp_path, 
   gin.clear_config(clear_constants=True)
   try:
     line = zipper_error(capsys, [
-        'layout', '--gin_file=gin/models/zipper_s.gin', '--gin_file=gin/runs/zipper_frozen_text.gin',
+        'layout', '--gin_file=gin/models/zipper_s.gin',
+        '--gin_file=gin/runs/zipper_frozen_text.gin',
         "--gin.TASK_FEATURE_LENGTHS={'speech': 256, 'text': 64}",
         '--gin.Partitioner.mesh_shape=(1, -1, 5)', '--gin.print_layout.num_devices=40'])
   finally:
@@ -150,7 +151,8 @@ def test_init_checkpoints_restore_straight_into_the_sharded_layout(tmp_path):
   pretrained = nn.unbox(jax.jit(tower.init)(jax.random.key(3), example))
   checkpoints.save_params(str(tmp_path / 'text'), pretrained, {'step': 0})
   partitioner = partitioning.Partitioner((1, 8, 1))
-  state = run(tmp_path / 'zipper', 0, partitioner, init_checkpoints={'text': str(tmp_path / 'text')})
+  state = run(tmp_path / 'zipper', 0, partitioner,
+              init_checkpoints={'text': str(tmp_path / 'text')})
   text = state.all_params['text']
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(text), pretrained)
   layout = partitioning.mesh_axes_of(jax.eval_shape(tower.init, jax.random.key(0), example))

@@ -56,5 +56,6 @@ def single_decoder_params(text_params, text: TowerConfig, speech_vocab_size: int
   params = dict(text_params)  # the subtrees we grow are replaced, never mutated
   params['embedder'] = {'embedding': grown(params['embedder']['embedding'], 0, embed_rng)}
   if 'lm_head' in params:
-    params['lm_head'] = {'kernel': grown(params['lm_head']['kernel'], 1, head_rng)}  # [embed, vocab]
+    # [embed, vocab]
+    params['lm_head'] = {'kernel': grown(params['lm_head']['kernel'], 1, head_rng)}
   return params
