@@ -12,6 +12,7 @@ step times are the exact FLOPs at the chip's published peak (compute-bound, a lo
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -73,18 +74,31 @@ def main(argv=None) -> int:
   parser.add_argument('--topologies', default=','.join(TOPOLOGIES))
   parser.add_argument('--markdown', default=os.path.join(REPO, 'docs', 'fit_table.md'))
   parser.add_argument('--json', default=os.path.join(REPO, 'docs', 'fit_table.json'))
+  parser.add_argument('--jobs', type=int, default=1, help='compiles at once (each takes GBs)')
+  parser.add_argument('--reuse', help='rows printed by an earlier run (its stdout), not redone')
   args = parser.parse_args(argv)
   experiments = args.experiments.split(',') if args.experiments else EXPERIMENTS
   plan = {experiment: args.topologies.split(',') for experiment in experiments}
   if not args.experiments:
     plan |= STRETCH
-  results = {}
-  for experiment, topologies in plan.items():
-    results[experiment] = []
-    for topology in topologies:
-      result = compile_one(experiment, topology)
-      print(json.dumps({'experiment': experiment, **result}), flush=True)
-      results[experiment].append(result)
+  done = {}
+  if args.reuse:
+    with open(args.reuse) as f:
+      rows = [json.loads(line) for line in f if line.startswith('{')]
+    done = {(row.pop('experiment'), row['topology']): row for row in rows if 'error' not in row}
+
+  def row(job):
+    experiment, topology = job
+    result = done.get(job) or compile_one(experiment, topology)
+    print(json.dumps({'experiment': experiment, **result}), flush=True)
+    return result
+
+  jobs = [(experiment, topology) for experiment, topologies in plan.items()
+          for topology in topologies]
+  with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+    rows = dict(zip(jobs, pool.map(row, jobs)))
+  results = {experiment: [rows[experiment, topology] for topology in topologies]
+             for experiment, topologies in plan.items()}
   commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
   header = (f'Produced by `python benchmarks/fit_table.py` at commit {commit} on '
