@@ -70,13 +70,15 @@ def test_a_program_too_big_for_the_chip_exits_with_the_shortfall(capfd):
 
 
 @pytest.mark.slow
-def test_the_decode_step_compiles_for_a_tpu_slice(capfd):
+def test_the_decode_step_compiles_for_a_tpu_slice_and_is_saved(capfd, tmp_path):
   assert main.main(['compile', '--topology=v5e:2x2', f'--gin_file={TINY}', '--step=decode',
                     '--decode_batch=8', "--prompt_lengths={'speech': 384}",
-                    '--max_new_tokens=32', '--output=text']) == 0
+                    '--max_new_tokens=32', '--output=text',
+                    f'--save={tmp_path / "decode.bin"}']) == 0
   result = last_json(capfd.readouterr().out)
   assert result['step'] == 'decode' and result['fits']
   assert result['bytes_per_device']['opt_state'] == 0
+  assert (tmp_path / 'decode.bin').stat().st_size > 10_000  # the serialised executable
 
 
 def test_exact_flops_count_every_layer_where_xla_counts_a_scanned_body_once():
