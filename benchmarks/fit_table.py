@@ -25,15 +25,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = ('gin/experiments/pod_smollm2_zipper_s.gin', 'gin/experiments/pod_zipper_1b.gin',
                'gin/experiments/pod_zipper_8b.gin')
 TOPOLOGIES = ('v5e:4x4', 'v5e:16x16', 'v5p:4x4x8', 'v6e:4x4', 'h100:1x8', 'h100:4x8')
-# The stretch: a 70B text tower, on the 256-chip slices only.
-STRETCH = {'gin/experiments/pod_zipper_70b.gin': ('v5e:16x16', 'v5p:4x8x8')}
+# The stretch: a 70B text tower, on the 256-chip slices only; where float32 falls short, with its
+# frozen weights in bfloat16, then Adam's first moment too. An experiment is a gin file, then any
+# `+binding`.
+BF16_TEXT = "+text/TowerConfig.param_dtype='bfloat16'"
+STRETCH = {'gin/experiments/pod_zipper_70b.gin': ('v5e:16x16', 'v5p:4x8x8'),
+           'gin/experiments/pod_zipper_70b.gin' + BF16_TEXT: ('v5e:16x16',),
+           'gin/experiments/pod_zipper_70b.gin' + BF16_TEXT + "+adamw.mu_dtype='bfloat16'":
+               ('v5e:16x16',)}
 
 
-def compile_one(experiment: str, topology: str, bindings=()) -> dict:
+def compile_one(experiment: str, topology: str) -> dict:
   """`zipper compile`'s JSON line, or {'error': its last line} when it could not compile."""
+  gin_file, *bindings = experiment.split('+')
   done = subprocess.run([sys.executable, '-c', 'import sys; from zipper_jax import main; '
                          'sys.exit(main.main(sys.argv[1:]))', 'compile', f'--topology={topology}',
-                         f'--gin_file={experiment}', *bindings],
+                         f'--gin_file={gin_file}', *(f'--gin.{b}' for b in bindings)],
                         cwd=REPO, capture_output=True, text=True,
                         env=topologies.compile_only_environment())
   lines = done.stdout.strip().splitlines()
@@ -52,7 +59,8 @@ def markdown(results: dict[str, list[dict]]) -> str:
            'temp = total / HBM) | compile s | step at peak s |',
            '|---|---|---|---|---|---|---|---|']
   for experiment, rows in results.items():
-    name = os.path.splitext(os.path.basename(experiment))[0]
+    gin_file, *bindings = experiment.split('+')
+    name = ' + '.join([os.path.splitext(os.path.basename(gin_file))[0], *bindings])
     for r in rows:
       if 'error' in r:
         lines.append(f'| {name} | {r["topology"]} | | | error | {r["error"]} | | |')
@@ -60,8 +68,10 @@ def markdown(results: dict[str, list[dict]]) -> str:
       b = r['bytes_per_device']
       mesh = ' x '.join(f'{k} {v}' for k, v in r['mesh'].items() if v > 1) or 'one device'
       fits = 'yes' if r['fits'] else f'no ({gib(r["shortfall_bytes"])} GiB short)'
+      # Where XLA refused the program, it names only the shortfall of its temporaries.
+      temp = gib(b['temp']) if b['temp'] else 'refused'
       lines.append(f'| {name} | {r["topology"]} | {mesh} | {r["batch"]} | {fits} | '
-                   f'{gib(b["params"])} + {gib(b["opt_state"])} + {gib(b["temp"])} = '
+                   f'{gib(b["params"])} + {gib(b["opt_state"])} + {temp} = '
                    f'{gib(b["total"])} / {gib(r["hbm_bytes"])} | {r["compile_seconds"]:.0f} | '
                    f'{r["step_seconds_at_peak"]:.3g} |')
   return '\n'.join(lines) + '\n'

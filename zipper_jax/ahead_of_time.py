@@ -40,9 +40,12 @@ from zipper_jax import train as train_lib
 from zipper_jax.errors import UserError
 from zipper_jax.inputs import TowerInput
 
-# What XLA says when a TPU program needs more HBM than a chip has.
-_HBM_EXHAUSTED = re.compile(r'RESOURCE_EXHAUSTED.*?\(([\d.]+)([KMGT])?\) exceeds available HBM '
-                            r'\(([\d.]+)([KMGT])?\)', re.S)
+# What XLA says when a TPU program needs more HBM than a chip has (two wordings): the bytes
+# needed, then the bytes available.
+_HBM_EXHAUSTED = (
+    re.compile(r'RESOURCE_EXHAUSTED.*?\(([\d.]+)([KMGT])?\) exceeds available HBM '
+               r'\(([\d.]+)([KMGT])?\)', re.S),
+    re.compile(r'RESOURCE_EXHAUSTED.*?Used ([\d.]+)([KMGT])? of ([\d.]+)([KMGT])? hbm', re.S))
 _UNITS = {None: 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 
 
@@ -112,7 +115,7 @@ def compile_program(lower, save: str | None):
   try:
     compiled = lower().compile()
   except Exception as e:  # noqa: BLE001 -- only HBM exhaustion is an answer; the rest re-raised
-    found = _HBM_EXHAUSTED.search(str(e))
+    found = next(filter(None, (p.search(str(e)) for p in _HBM_EXHAUSTED)), None)
     if not found:
       raise
     needed = float(found.group(1)) * _UNITS[found.group(2)]

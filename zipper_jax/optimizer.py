@@ -27,11 +27,11 @@ def learning_rate_schedule(peak: float = 1e-3, warmup_steps: int = 100, decay: s
 
 @gin.configurable
 def adamw(learning_rate=gin.REQUIRED, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
-          weight_decay: float = 0.01, clip_norm: float | None = 1.0):
+          weight_decay: float = 0.01, clip_norm: float | None = 1.0, mu_dtype: str | None = None):
   """Global-norm clipping, then AdamW. Decoupled weight decay skips norms, gates and biases
-  (parameters of rank < 2)."""
+  (parameters of rank < 2). `mu_dtype` ('bfloat16') stores the first moment in less memory."""
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-  chain.append(optax.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay,
-                           mask=decay_mask))
+  chain.append(optax.adamw(learning_rate, b1, b2, eps, mu_dtype=mu_dtype,
+                           weight_decay=weight_decay, mask=decay_mask))
   return optax.chain(*chain)
