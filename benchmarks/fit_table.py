@@ -67,7 +67,7 @@ def markdown(results: dict[str, list[dict]]) -> str:
         continue
       b = r['bytes_per_device']
       mesh = ' x '.join(f'{k} {v}' for k, v in r['mesh'].items() if v > 1) or 'one device'
-      fits = 'yes' if r['fits'] else f'no ({gib(r["shortfall_bytes"])} GiB short)'
+      fits = 'yes' if r['fits'] else f'no ({r["shortfall_bytes"] / 2**30:.2f} GiB short)'
       # Where XLA refused the program, it names only the shortfall of its temporaries.
       temp = gib(b['temp']) if b['temp'] else 'refused'
       lines.append(f'| {name} | {r["topology"]} | {mesh} | {r["batch"]} | {fits} | '
@@ -113,7 +113,9 @@ def main(argv=None) -> int:
                           text=True).stdout.strip()
   header = (f'Produced by `python benchmarks/fit_table.py` at commit {commit} on '
             f'{datetime.date.today()} (XLA ahead of time: libtpu 0.0.42.1, jax-cuda12-plugin '
-            '0.10.2; nothing ran on the hardware).\n\n')
+            '0.10.2; nothing ran on the hardware). Memory is XLA\'s per-device accounting of the '
+            'compiled step; on GPUs, JAX takes 75% of it unless XLA_PYTHON_CLIENT_MEM_FRACTION '
+            'says more. Step times are the exact FLOPs at the chip\'s published bf16 peak.\n\n')
   with open(args.markdown, 'w') as f:
     f.write(header + markdown(results))
   with open(args.json, 'w') as f:
