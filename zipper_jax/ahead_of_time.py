@@ -183,9 +183,7 @@ def compile_decode(topology: str, output: str, decode_batch: int,
   config = run_config()
   model = config['model']
   partitioner = target_partitioner(config, topology, num_slices)
-  boxed = jax.eval_shape(model.init, jax.random.key(0),
-                         batch_lib.dummy_batch(model.towers, {t: 1 for t in model.towers}, 1))
-  params = partitioner.abstract(boxed)
+  params = partitioner.abstract(model.param_shapes())
   lengths = {t: prompt_lengths.get(t, 1) for t in model.towers}
   prompt = {t: TowerInput(*(jax.ShapeDtypeStruct((decode_batch, n), jnp.int32,
                                                  sharding=partitioner.batch_sharding)

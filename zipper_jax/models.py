@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from zipper_jax import baseline, checkpoints, decoding, flops, zipping
-from zipper_jax.batch import decoding_prompt, prompt_ends, tower_inputs, tower_targets
+from zipper_jax.batch import (decoding_prompt, dummy_batch, prompt_ends, tower_inputs,
+                              tower_targets)
 from zipper_jax.inputs import TowerInput
 from zipper_jax.losses import token_log_likelihoods, zipper_loss
 from zipper_jax.tower import Tower, TowerConfig
@@ -43,6 +44,11 @@ class Model:
   def init(self, rng, batch):
     """Parameters with their logical axis metadata (boxed), for `partitioning`."""
     return self.module.init(rng, *self._module_inputs(self.inputs(batch)))['params']
+
+  def param_shapes(self):
+    """`init`'s shapes, boxed, with nothing allocated (they do not depend on the batch)."""
+    return jax.eval_shape(self.init, jax.random.key(0),
+                          dummy_batch(self.towers, {t: 1 for t in self.towers}, 1))
 
   def loss(self, params, batch):
     """(token-weighted loss over all towers, per-tower metrics)."""

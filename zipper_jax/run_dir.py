@@ -26,7 +26,6 @@ import seqio
 from gin import config as gin_state
 
 from zipper_jax import atomic_files, checkpoints, partitioning, vocabularies
-from zipper_jax import batch as batch_lib
 from zipper_jax import configurables  # noqa: F401 -- registers every name a config.gin holds
 from zipper_jax.errors import UserError
 from zipper_jax.models import Model
@@ -134,10 +133,7 @@ class RunDir:
   def abstract_params(self, partitioner: partitioning.Partitioner | None = None):
     """The run's parameters as shapes, with the shardings `partitioner` (default: the run's)
     gives them: what a checkpoint restores into."""
-    model = self.model
-    example = batch_lib.dummy_batch(model.towers, {t: 1 for t in model.towers}, 1)
-    boxed = jax.eval_shape(model.init, jax.random.key(0), example)
-    return (partitioner or self.partitioner).abstract(boxed)
+    return (partitioner or self.partitioner).abstract(self.model.param_shapes())
 
   def vocabularies(self) -> dict[str, seqio.Vocabulary]:
     return vocabularies.load_vocabularies(self.path)
