@@ -8,6 +8,7 @@ import pytest
 
 from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs, init, open_gates, random_tokens
 from zipper_jax import losses, wiring
+from zipper_jax.attention import Visibility
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import Attention
 from zipper_jax.tower import Tower
@@ -106,13 +107,17 @@ def test_three_alternating_segments_are_causal(two_way_zipper):
     assert_causal(model, params, inputs, tower, column)
 
 
-def test_query_that_sees_nothing_gets_exact_zero():
-  attention = Attention(embed_dim=16, num_heads=2, num_kv_heads=2, head_dim=8, rope_theta=None)
+@pytest.mark.parametrize('kernel', ['xla', 'chunked', 'splash'])
+def test_query_that_sees_nothing_gets_exact_zero(kernel):
+  layer = Attention(embed_dim=16, num_heads=2, num_kv_heads=2, head_dim=8, rope_theta=None,
+                    kernel=kernel)
   x = jax.random.normal(jax.random.key(0), (1, 3, 16))
   keys = jax.random.normal(jax.random.key(1), (1, 4, 2, 8))
-  mask = jnp.asarray([[[[False] * 4, [True, False, False, False], [False] * 4]]])
-  params = attention.init(jax.random.key(2), x, keys, keys, mask, method=Attention.attend)
-  out = attention.apply(params, x, keys, keys, mask, method=Attention.attend)
+  # Query 0 precedes every key; query 1 sees key 0; query 2 is padding.
+  visibility = Visibility(jnp.asarray([[0, 5, 9]]), jnp.asarray([[1, 1, 0]]),
+                          jnp.asarray([[4, 6, 7, 8]]), jnp.asarray([[1, 1, 1, 1]]), strict=True)
+  params = layer.init(jax.random.key(2), x, keys, keys, visibility, method=Attention.attend)
+  out = layer.apply(params, x, keys, keys, visibility, method=Attention.attend)
   assert np.all(np.asarray(out[0, 0]) == 0) and np.all(np.asarray(out[0, 2]) == 0)
   assert np.abs(out[0, 1]).max() > 0
 

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from zipper_jax import attention
+
 Dtype = Any
 Initializer = Any
 partitioned = nn.with_logical_partitioning
@@ -155,6 +157,7 @@ class Attention(nn.Module):
   appends them to a growing cache, cross-attention computes them once from the other tower.
   `rope_theta=None` turns rotary embeddings off (cross-attention: the two towers' positions are
   not comparable). `qkv_bias` adds biases to the query, key and value projections (Qwen2).
+  `kernel` is the attention kernel (`attention.KERNELS`).
   """
   embed_dim: int
   num_heads: int
@@ -164,6 +167,7 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   qkv_bias: bool = False
+  kernel: str = 'auto'
 
   def setup(self):
     dense = lambda features, axes, contract=1, use_bias=False: Dense(
@@ -183,15 +187,16 @@ class Attention(nn.Module):
       keys = apply_rotary(keys, positions, self.rope_theta)
     return constrain(keys, KV_AXES), constrain(values, KV_AXES)
 
-  def attend(self, x, keys, values, mask, positions=None):
-    """`mask` is [batch, 1, queries, keys]; a query with no visible key outputs exactly zero."""
+  def attend(self, x, keys, values, visibility: attention.Visibility, positions=None):
+    """A query that sees no key (`visibility`) outputs exactly zero."""
     query = checkpoint_name(self.query(x), 'query_proj')
     if self.rope_theta is not None:
       query = apply_rotary(query, positions, self.rope_theta)
     query = constrain(query, ('batch', 'length', 'heads', 'kv'))
-    out = jax.nn.dot_product_attention(query, keys.astype(query.dtype),
-                                       values.astype(query.dtype), mask=mask)
-    sees_any = jnp.any(mask, axis=-1)[:, 0, :, None, None]  # [batch, queries, 1, 1]
-    out = jnp.where(sees_any, out, 0)
+    # Initialisation needs only shapes (of a one-token example): no kernel's constraints apply.
+    kernel = 'xla' if self.is_initializing() else self.kernel
+    out = attention.attend(query, keys.astype(query.dtype), values.astype(query.dtype),
+                           visibility, kernel)
+    out = constrain(out, ('batch', 'length', 'heads', 'kv'))
     return checkpoint_name(self.out(out), 'out_proj')
 

@@ -14,10 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zipper_jax import stacks
+from zipper_jax import attention, stacks
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
-from zipper_jax.masks import attention_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +39,7 @@ class TowerConfig:
   # The embedding and head have `padded_vocab_size` rows, a multiple of this (as t5x pads), so
   # that they shard over any tensor axis; the padded ids' logits are masked out.
   vocab_multiple: int = 128
+  attention_kernel: str = 'auto'  # attention.KERNELS; 'auto': by the platform compiled for
 
   def __post_init__(self):
     for name in ('dtype', 'param_dtype'):
@@ -50,6 +50,9 @@ class TowerConfig:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}')
     if self.remat not in stacks.REMAT_POLICIES:
       raise ValueError(f'remat={self.remat!r}; expected one of {sorted(stacks.REMAT_POLICIES)}')
+    if self.attention_kernel not in attention.KERNELS:
+      raise ValueError(f'attention_kernel={self.attention_kernel!r}; expected one of '
+                       f'{attention.KERNELS}')
     if self.head_dim % 2:
       raise ValueError(f'head_dim={self.head_dim} must be even for rotary embeddings')
 
@@ -71,17 +74,18 @@ class DecoderBlock(nn.Module):
     """With a `cache` (already `advance`d over `inputs`), stores this block's keys and values."""
     c = self.config
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
-    attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim, c.rope_theta,
-                          c.dtype, c.param_dtype, c.qkv_bias, name='attention')
-    keys, values = attention.project_kv(x, inputs.positions)
+    self_attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim, c.rope_theta,
+                               c.dtype, c.param_dtype, c.qkv_bias, c.attention_kernel,
+                               name='attention')
+    keys, values = self_attention.project_kv(x, inputs.positions)
     key_positions, key_segments = inputs.positions, inputs.segment_ids
     if cache is not None:
       cache = cache.store(keys, values)
       keys, values = cache.keys, cache.values
       key_positions, key_segments = cache.positions, cache.segment_ids
-    mask = attention_mask(inputs.positions, inputs.segment_ids, key_positions, key_segments,
-                          strict=False)
-    h = h + attention.attend(x, keys, values, mask, inputs.positions)
+    visibility = attention.Visibility(inputs.positions, inputs.segment_ids, key_positions,
+                                      key_segments)
+    h = h + self_attention.attend(x, keys, values, visibility, inputs.positions)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
     h = h + MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
     return constrain(h, ('batch', 'length', 'embed')), cache

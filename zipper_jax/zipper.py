@@ -16,10 +16,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zipper_jax import stacks, wiring
+from zipper_jax import attention, stacks, wiring
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
-from zipper_jax.masks import attention_mask
 from zipper_jax.tower import Tower, TowerConfig, block_function, example_input, init_cache
 from zipper_jax.wiring import Edge, aligned_block  # noqa: F401  (the config's vocabulary)
 
@@ -116,25 +115,25 @@ class CrossAttentionBlock(nn.Module):
                cache: KVCache | None = None):
     """Reads the key tower from `key_states` if given, else from `cache`; returns (h, cache)."""
     c = self.config
-    attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim,
-                          None if self.clock is None else c.rope_theta, c.dtype, c.param_dtype,
-                          name='attention')
+    cross_attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim,
+                                None if self.clock is None else c.rope_theta, c.dtype,
+                                c.param_dtype, kernel=c.attention_kernel, name='attention')
     on_clock = lambda tower_input, side: (
         None if self.clock is None else tower_input.positions * self.clock[side])
     if key_states is not None:
       normed = RMSNorm(c.norm_epsilon, c.dtype, name='key_norm')(key_states)
       projected = Dense(c.embed_dim, ('key_embed', 'embed'), dtype=c.dtype,
                         param_dtype=c.param_dtype, name='key_projection')(normed)
-      keys, values = attention.project_kv(projected, on_clock(key_inputs, 1))
+      keys, values = cross_attention.project_kv(projected, on_clock(key_inputs, 1))
       cache = KVCache.full(keys, values, key_inputs.interleaved_positions,
                            key_inputs.segment_ids)
-    mask = attention_mask(inputs.interleaved_positions, inputs.segment_ids, cache.positions,
-                          cache.segment_ids, strict=True)
+    visibility = attention.Visibility(inputs.interleaved_positions, inputs.segment_ids,
+                                      cache.positions, cache.segment_ids, strict=True)
     gate = lambda name: jnp.tanh(self.param(name, partitioned(nn.initializers.zeros, ()), (),
                                             jnp.float32)).astype(c.dtype)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
-    h = h + gate('attention_gate') * attention.attend(x, cache.keys, cache.values, mask,
-                                                      on_clock(inputs, 0))
+    h = h + gate('attention_gate') * cross_attention.attend(x, cache.keys, cache.values,
+                                                            visibility, on_clock(inputs, 0))
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
     h = h + gate('mlp_gate') * MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
     return constrain(h, ('batch', 'length', 'embed')), cache
