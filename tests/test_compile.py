@@ -99,3 +99,19 @@ def test_exact_flops_count_every_layer_where_xla_counts_a_scanned_body_once():
   # Unrolled, XLA counts every matmul (ours) and a little elementwise work beside them.
   assert ours_unrolled <= xla_unrolled <= 1.05 * ours_unrolled
   assert xla_scanned < 0.8 * ours_scanned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('topology,kernel', [('v5e:2x2', 'splash'), ('h100:1x1', 'cudnn')])
+def test_splash_and_cudnn_compile_into_the_train_step(topology, kernel):
+  """A tower's step: the kernel's own call is in the compiled program (a fallback to `chunked`
+  would not be), and its temporaries grow less than the square of the length. (The Zipper's
+  step compiles splash for v5e:2x2 in the fit-table test above.)"""
+  done = subprocess.run(
+      [sys.executable, 'benchmarks/attention.py', f'--topology={topology}', '--lengths=256,1024',
+       '--asr_lengths='], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  results = json.loads(done.stdout)
+  for result in results[kernel].values():
+    assert result['kernel_in_program'] and result['temp_bytes'] > 0, result
+  assert results[kernel]['1024']['temp_bytes'] < 16 * results[kernel]['256']['temp_bytes']
