@@ -5,12 +5,14 @@ at each length, and for the Zipper at ASR shape (speech 4x text, the text tower 
   python benchmarks/attention.py                      # this CPU: chunked and xla, run and timed
   python benchmarks/attention.py --topology=v5e:4x4   # splash, compiled for a TPU slice
   python benchmarks/attention.py --topology=h100:1x1  # cuDNN, compiled for an H100 (bfloat16)
+  python benchmarks/attention.py --topology=v5e:4x4 --kernels=splash,xla  # beside the reference
 
 Prints JSON: {kernel: {length: {"temp_bytes": n, "step_s": s}}, "zipper_asr": {kernel: {speech
 length: {...}}}}. A step whose temporaries exceed --max_run_bytes is compiled, not run (step_s
 null). Ahead of time (--topology, through the compile-only packages) nothing runs: per-device
 temporaries of a data-parallel step, batch 1 per chip, and `kernel_in_program`, whether the
-kernel's own call is in the compiled program (not a fallback to chunked).
+kernel's own call is in the compiled program (not a fallback to chunked); a step XLA refuses for
+want of HBM has temp_bytes null and `refused_needing_bytes` (its whole need, from XLA's message).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import optax  # noqa: E402
 
 from abstract_step import compile_train_step  # noqa: E402
 from train_step import measure, random_params, ragged_batch  # noqa: E402
+from zipper_jax import ahead_of_time as ahead_of_time_lib  # noqa: E402
 from zipper_jax import batch as batch_lib, models, partitioning, topologies, train  # noqa: E402
 from zipper_jax.tower import TowerConfig  # noqa: E402
 from zipper_jax.zipper import ZipperConfig  # noqa: E402
@@ -73,10 +76,19 @@ def ahead_of_time(model, lengths, frozen, topology: str, kernel: str) -> dict:
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=layout.batch_sharding)
            for k, v in example.items()}
   state = layout.abstract_state()
-  with partitioner.context():
-    compiled = layout.jit_train_step(model).lower(state, batch).compile()
-  return {'temp_bytes': compiled.memory_analysis().temp_size_in_bytes, 'step_s': None,
-          'kernel_in_program': KERNEL_CALLS[kernel] in compiled.as_text()}
+
+  def lower():
+    with partitioner.context():
+      return layout.jit_train_step(model).lower(state, batch)
+
+  compiled, _, shortfall = ahead_of_time_lib.compile_program(lower, None)
+  if compiled is None:  # XLA refused it: more than the chip's HBM
+    hbm = topologies.chip(topology).hbm_bytes
+    return {'temp_bytes': None, 'step_s': None, 'refused_needing_bytes': hbm + shortfall}
+  result = {'temp_bytes': compiled.memory_analysis().temp_size_in_bytes, 'step_s': None}
+  if kernel in KERNEL_CALLS:
+    result['kernel_in_program'] = KERNEL_CALLS[kernel] in compiled.as_text()
+  return result
 
 
 def main(argv=None) -> dict:
@@ -84,7 +96,7 @@ def main(argv=None) -> dict:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--lengths', default='512,1024,2048,4096,8192')
   parser.add_argument('--asr_lengths', default='1024,4096', help='speech tokens (text: 1/4)')
-  parser.add_argument('--kernels', default='chunked,xla', help='run here (CPU)')
+  parser.add_argument('--kernels', help='default: chunked,xla here; splash or cudnn ahead of time')
   parser.add_argument('--topology', help='compile for it instead: splash on TPUs, cuDNN on H100s')
   parser.add_argument('--max_run_bytes', type=float, default=8e9)
   parser.add_argument('--repeats', type=int, default=1)
@@ -98,22 +110,22 @@ def main(argv=None) -> dict:
     return results
   lengths = [int(n) for n in args.lengths.split(',') if n]
   asr = [int(n) for n in args.asr_lengths.split(',') if n]
-  if args.topology:
-    kernel = 'cudnn' if args.topology.startswith('h100') else 'splash'
-    dtype = 'bfloat16' if kernel == 'cudnn' else 'float32'  # cuDNN's kernel takes 16-bit floats
-    measure_one = lambda model, shape, frozen: ahead_of_time(model, shape, frozen,
-                                                             args.topology, kernel)
-    kernels = [(kernel, dtype)]
-  else:
-    measure_one = lambda model, shape, frozen: on_this_machine(model, shape, frozen,
-                                                               args.max_run_bytes, args.repeats)
-    kernels = [(kernel, 'float32') for kernel in args.kernels.split(',')]
+  gpu = bool(args.topology) and args.topology.startswith('h100')
+  kernels = (args.kernels or ('cudnn' if gpu else 'splash' if args.topology else 'chunked,xla'))
+  dtype = 'bfloat16' if gpu else 'float32'  # cuDNN's kernel takes 16-bit floats
+
+  def measure_one(model, shape, frozen, kernel):
+    if args.topology:
+      return ahead_of_time(model, shape, frozen, args.topology, kernel)
+    return on_this_machine(model, shape, frozen, args.max_run_bytes, args.repeats)
+
   results = {'zipper_asr': {}}
-  for kernel, dtype in kernels:
-    results[kernel] = {str(n): measure_one(tower_model(kernel, dtype), {'text': n}, ())
+  for kernel in kernels.split(','):
+    results[kernel] = {str(n): measure_one(tower_model(kernel, dtype), {'text': n}, (), kernel)
                        for n in lengths}
     results['zipper_asr'][kernel] = {
-        str(n): measure_one(zipper_model(kernel, dtype), asr_lengths(n), ('text',)) for n in asr}
+        str(n): measure_one(zipper_model(kernel, dtype), asr_lengths(n), ('text',), kernel)
+        for n in asr}
   print(json.dumps(results, indent=2))
   return results
 
