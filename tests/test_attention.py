@@ -123,8 +123,14 @@ def with_kernel(config, kernel):
   return dataclasses.replace(config, attention_kernel=kernel)
 
 
+@pytest.fixture
+def small_blocks(monkeypatch):
+  """`chunked` (and splash's fallback to it) in blocks of 4 keys: several blocks, even here."""
+  monkeypatch.setattr(attention, 'BLOCK_SIZE', 4)
+
+
 @pytest.mark.parametrize('kernel', HERE)
-def test_zipper_is_the_same_with_every_kernel(kernel):
+def test_zipper_is_the_same_with_every_kernel(kernel, small_blocks):
   """Causal self-attention, interleaved cross-attention with padding and queries that see nothing,
   gates open: logits and gradients as with the reference kernel."""
   def model(kernel):
@@ -144,7 +150,7 @@ def test_zipper_is_the_same_with_every_kernel(kernel):
 
 
 @pytest.mark.parametrize('kernel', HERE)
-def test_cached_decode_step_is_the_same_with_every_kernel(kernel):
+def test_cached_decode_step_is_the_same_with_every_kernel(kernel, small_blocks):
   """Prefill of a left-padded prompt into the cache, then one token against it."""
   prompt = random_tokens(3, (2, 6), TEXT.vocab_size)
   segments = jnp.asarray([[0, 0, 1, 1, 1, 1], [1] * 6])

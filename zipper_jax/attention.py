@@ -31,7 +31,8 @@ import jax.numpy as jnp
 
 KERNELS = ('auto', 'xla', 'chunked', 'cudnn', 'splash')
 PLATFORM_DEFAULTS = {'tpu': 'splash', 'gpu': 'cudnn', 'cuda': 'cudnn'}  # else 'chunked'
-BLOCK_SIZE = 512  # keys per block of `chunked`; queries and keys per block of `splash`
+BLOCK_SIZE = 512  # keys per block of `chunked`
+SPLASH_BLOCK_SIZE = 512  # queries and keys per block of `splash` (at most)
 SPLASH_MULTIPLE = 128  # splash's lengths are padded to a multiple of this (its smallest block)
 
 
@@ -88,10 +89,15 @@ def xla(query, key, value, visibility: Visibility):
   return jnp.where(sees_any, out, 0)
 
 
-def chunked(query, key, value, visibility: Visibility, block_size: int = BLOCK_SIZE):
-  """FlashAttention over blocks of `block_size` keys (the last block padded with invisible keys)."""
+def chunked(query, key, value, visibility: Visibility, block_size: int | None = None):
+  """FlashAttention over blocks of `block_size` (default `BLOCK_SIZE`) keys, the last block
+  padded with invisible keys. Keys that fit in one block are the reference's program: the same
+  memory, and XLA fuses it."""
+  block_size = block_size or BLOCK_SIZE
+  if key.shape[1] <= block_size:
+    return xla(query, key, value, visibility)
   v = visibility
-  block = min(block_size, key.shape[1])
+  block = block_size
   pad = -key.shape[1] % block
   pad_keys = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
   return _flash(block, v.strict, query, pad_keys(key), pad_keys(value), v.query_positions,
@@ -110,10 +116,7 @@ def _grouped(x, kv_heads):
 
 def _scan_key_blocks(step, init, block, *arrays):
   """`lax.scan`s `step` over blocks of `block` keys of [batch, keys, ...] `arrays` (each step
-  gets [batch, block, ...] slices); one block is a plain call, not a loop."""
-  if arrays[0].shape[1] == block:
-    carry, out = step(init, arrays)
-    return carry, jax.tree.map(lambda x: x[None], out)
+  gets [batch, block, ...] slices)."""
   split = lambda x: jnp.moveaxis(x.reshape((x.shape[0], -1, block) + x.shape[2:]), 1, 0)
   return jax.lax.scan(step, init, tuple(split(x) for x in arrays))
 
@@ -264,7 +267,7 @@ def _splash(query, key, value, segments):
   pad = -length % SPLASH_MULTIPLE
   padded = length + pad
   pad_length = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-  block = min(BLOCK_SIZE, padded)
+  block = min(SPLASH_BLOCK_SIZE, padded)
   sizes = kernels.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                              block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                              block_q_dq=block, block_kv_dq=block)
