@@ -58,6 +58,12 @@ def test_predict_batch_decodes_any_tower_as_recomputation_does(sensor_run):
   sampled = model.predict_batch(params, examples, output='text', eos_id=1, temperature=1.0,
                                 rng=jax.random.key(1))
   assert beams.tokens.shape == sampled.tokens.shape == (4, lengths['text'])
+  # At most a power of two >= half a token per token of the longest prompt (codes and start).
+  longest = sum(np.count_nonzero(x.segment_ids, axis=1) for x in prompt.values()).max()
+  capped = model.predict_batch(params, examples, output='text', eos_id=None,
+                               max_length_ratio=0.5)
+  cap = 1 << (int(np.ceil(0.5 * longest)) - 1).bit_length()
+  assert capped.tokens.shape == (4, min(cap, lengths['text'])) and cap < lengths['text']
   # Any tower from any others: the sensor codes from the text alone.
   codes = model.predict_batch(params, examples, output='sensor', prompt_towers=['text'],
                               eos_id=None, max_new_tokens=3)

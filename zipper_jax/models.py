@@ -10,6 +10,7 @@ log-likelihood), so that any registered task is decoded and scored with no code 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Mapping, Sequence
 
 import flax.linen as nn
@@ -66,19 +67,26 @@ class Model:
 
   def predict_batch(self, params, batch, *, output: str, eos_id: int | None,
                     prompt_towers: Sequence[str] | None = None,
-                    max_new_tokens: int | None = None, **decode) -> decoding.Generated:
+                    max_new_tokens: int | None = None, max_length_ratio: float | None = None,
+                    **decode) -> decoding.Generated:
     """Decodes tower `output` of each example of an unpacked batch (numpy, host-local).
 
     The prompt is what precedes `output`'s first weighted target: the `prompt_towers` (default:
     every other tower; the rest are hidden) and `output`'s own tokens before it (a Single
     Decoder's speech before its text; `batch.decoding_prompt`). By default as many tokens are
-    generated as `output`'s length leaves after the shortest prompt.
+    generated as `output`'s length leaves after the shortest prompt; `max_length_ratio` caps
+    them at that many per token of the batch's longest prompt (ESPnet's `maxlenratio`: an output
+    that never ends stops there), rounded up to a power of two (few programs to compile).
     `decode`: beam_size, temperature, top_k, top_p, rng (`predict`).
     """
     prompt = decoding_prompt(batch, self.towers, output, prompt_towers)
     if max_new_tokens is None:
       max_new_tokens = (batch[f'{output}_target_tokens'].shape[1] + 1 -
                         int(prompt_ends(batch, output).min()))
+    if max_length_ratio is not None:
+      longest = int(max(sum(jnp.count_nonzero(x.segment_ids, axis=1) for x in prompt.values())))
+      max_new_tokens = min(max_new_tokens, 1 << (math.ceil(max_length_ratio * longest) -
+                                                 1).bit_length())
     return self.predict(params, prompt, output=output, eos_id=eos_id,
                         max_new_tokens=max_new_tokens, **decode)
 

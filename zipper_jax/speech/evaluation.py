@@ -41,7 +41,10 @@ class SpeechTextEval:
   `text_tower_dir`: the text tower's pre-training run, for the perplexity of the tower alone
   (None: not measured). `asr_utterances`, `tts_utterances`: the first so many of each split
   (None: all; 0 tts: no TTS; `beam_size` 1: greedy only); the judge takes about half a second
-  per second of clean speech, and some four times that on resynthesised speech. `corpus_dir`:
+  per second of clean speech, and some four times that on resynthesised speech.
+  `tts_max_length_ratio`: generated speech stops at that many units per token of its text (the
+  longest of a batch; `Model.predict_batch`), as ESPnet's TTS `maxlenratio` (10): the corpus has
+  3-6, so only speech that never ends is cut, before the judge spends a minute on it. `corpus_dir`:
   where the original audio is (default: the folder the tasks read). `reference_dir`: where the
   protocol's floor and ceiling are kept (default MODEL_DIR/eval)."""
 
@@ -49,13 +52,15 @@ class SpeechTextEval:
                task_feature_lengths: Mapping[str, int] | None = None,
                text_tower_dir: str | None = None, splits: Sequence[str] = SPLITS,
                beam_size: int = 4, asr_utterances: int | None = None,
-               tts_utterances: int | None = 32, batch_size: int = 16,
+               tts_utterances: int | None = 32, tts_max_length_ratio: float | None = 10.0,
+               batch_size: int = 16,
                perplexity_batches: int | None = None, judge_workers: int = 2,
                corpus_dir: str | None = None, reference_dir: str | None = None):
     self.run = RunDir(model_dir)
     self.lengths = dict(task_feature_lengths or self.run.task_feature_lengths)
     self.text_tower_dir, self.splits, self.beam_size = text_tower_dir, tuple(splits), beam_size
     self.asr_utterances, self.tts_utterances = asr_utterances, tts_utterances
+    self.tts_max_length_ratio = tts_max_length_ratio
     self.batch_size, self.perplexity_batches = batch_size, perplexity_batches
     self.judge_workers = judge_workers
     self.corpus_dir, self.reference_dir = corpus_dir, reference_dir
@@ -79,16 +84,16 @@ class SpeechTextEval:
     return flat
 
   def _predict(self, system: SpeechText, task: str, split: str, output: str, examples,
-               beam_size: int = 1) -> list[dict]:
+               **decode) -> list[dict]:
     return infer.predict_task(system.model, system.params, task, split, output=output,
                               lengths=self.lengths, batch_size=self.batch_size,
-                              max_examples=examples, beam_size=beam_size)
+                              max_examples=examples, **decode)
 
   def _asr(self, system: SpeechText, task: str, split: str) -> dict:
     result = {'beam_size': self.beam_size}
     for name, beam_size in (('greedy', 1), ('beam', self.beam_size))[:1 + (self.beam_size > 1)]:
       examples = self._predict(system, task, split, system.text_tower, self.asr_utterances,
-                               beam_size)
+                               beam_size=beam_size)
       references = [system.text_of(e['target']) for e in examples]
       hypotheses = [system.text_of(e['prediction']) for e in examples]
       result['utterances'] = len(examples)
@@ -100,7 +105,8 @@ class SpeechTextEval:
 
   def _tts(self, system: SpeechText, task: str, split: str) -> dict:
     """The model's judged WER, and the protocol's floor and ceiling on the same sentences."""
-    examples = self._predict(system, task, split, system.speech_tower, self.tts_utterances)
+    examples = self._predict(system, task, split, system.speech_tower, self.tts_utterances,
+                             max_length_ratio=self.tts_max_length_ratio)
     texts = [system.text_of(e['prompt'][system.text_tower]) for e in examples]
     resynthesizer = system.speech.resynthesizer_path
     heard = tts_protocol.judge_units(resynthesizer, [system.units_of(e['prediction'])
