@@ -44,7 +44,7 @@ class SpeechTextEval:
   per second of clean speech, and some four times that on resynthesised speech.
   `tts_max_length_ratio`: generated speech stops at that many units per token of its text (the
   longest of a batch; `Model.predict_batch`), as ESPnet's TTS `maxlenratio` (10): the corpus has
-  3-6, so only speech that never ends is cut, before the judge spends a minute on it. `corpus_dir`:
+  3-6, so only speech that never ends is cut. `corpus_dir`:
   where the original audio is (default: the folder the tasks read). `reference_dir`: where the
   protocol's floor and ceiling are kept (default MODEL_DIR/eval)."""
 
