@@ -2,6 +2,7 @@
 the masks the Zipper makes; `splash` runs in Pallas's interpreter here. (`cudnn` and `splash`
 compile for an H100 and a TPU slice: tests/test_compile.py.)"""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -140,7 +141,8 @@ def test_zipper_is_the_same_with_every_kernel(kernel, small_blocks):
   params = open_gates(init(model('xla'), inputs))
   def loss(kernel):
     logits = lambda p: model(kernel).apply({'params': p}, inputs)[0]
-    return jax.value_and_grad(lambda p: sum(jnp.sum(jnp.sin(x)) for x in logits(p).values()))
+    return jax.jit(jax.value_and_grad(
+        lambda p: sum(jnp.sum(jnp.sin(x)) for x in logits(p).values())))
   (value, grads), (reference, reference_grads) = loss(kernel)(params), loss('xla')(params)
   np.testing.assert_allclose(value, reference, rtol=1e-5)
   # A norm's or gate's gradient sums terms of every token (up to ~100 here), which cancel:
@@ -158,14 +160,14 @@ def test_cached_decode_step_is_the_same_with_every_kernel(kernel, small_blocks):
   prefill = TowerInput(prompt, positions, segments, positions)
   step = TowerInput.from_tokens(random_tokens(4, (2, 1), TEXT.vocab_size)).replace(
       positions=positions[:, -1:] + 1)
-  def decode(kernel):
+  @functools.partial(jax.jit, static_argnums=0)
+  def decode(kernel, params):
     tower = Tower(with_kernel(TEXT, kernel))
-    cache = init_cache(TEXT, 2, 10)
-    first, cache = tower.apply({'params': params}, prefill, cache)
+    first, cache = tower.apply({'params': params}, prefill, init_cache(TEXT, 2, 10))
     second, _ = tower.apply({'params': params}, step, cache)
     return first, second
   params = init(Tower(TEXT), prefill)
-  for out, reference in zip(decode(kernel), decode('xla')):
+  for out, reference in zip(decode(kernel, params), decode('xla', params)):
     np.testing.assert_allclose(out, reference, atol=1e-5)
 
 
