@@ -113,7 +113,9 @@ def main(argv=None) -> int:
                           text=True).stdout.strip()
   header = (f'Produced by `python benchmarks/fit_table.py` at commit {commit} on '
             f'{datetime.date.today()} (XLA ahead of time: libtpu 0.0.42.1, jax-cuda12-plugin '
-            '0.10.2; nothing ran on the hardware). Memory is XLA\'s per-device accounting of the '
+            '0.10.2, cuDNN 9.28; nothing ran on the hardware; attention as the runs give it: '
+            '`auto`, the splash kernel on TPUs and cuDNN\'s on H100s for self-attention, chunked '
+            'for cross-attention). Memory is XLA\'s per-device accounting of the '
             'compiled step; on GPUs, JAX takes 75% of it unless XLA_PYTHON_CLIENT_MEM_FRACTION '
             'says more. Step times are the exact FLOPs at the chip\'s published bf16 peak.\n\n')
   with open(args.markdown, 'w') as f:
