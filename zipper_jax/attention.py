@@ -75,11 +75,13 @@ def resolve(kernel: str) -> str:
   """`kernel`, with 'auto' replaced by the default of the platform being compiled for."""
   if kernel not in KERNELS:
     raise ValueError(f'attention_kernel={kernel!r}; expected one of {KERNELS}')
-  if kernel != 'auto':
-    return kernel
+  return kernel if kernel != 'auto' else PLATFORM_DEFAULTS.get(_platform(), 'chunked')
+
+
+def _platform() -> str:
+  """The platform being compiled for: the devices of the mesh in context, else JAX's default."""
   mesh = jax.sharding.get_abstract_mesh()
-  platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
-  return PLATFORM_DEFAULTS.get(platform, 'chunked')
+  return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
 
 
 def xla(query, key, value, visibility: Visibility):
@@ -272,7 +274,7 @@ def _splash(query, key, value, segments):
                              block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                              block_q_dq=block, block_kv_dq=block)
   mesh = jax.sharding.get_abstract_mesh()
-  interpret = (jax.default_backend() if mesh.empty else mesh.abstract_device.platform) != 'tpu'
+  interpret = _platform() != 'tpu'
 
   def per_device(q, k, v, seg):
     heads_here = q.shape[2]
