@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Debian packages the corpus is built from: the flite synthesiser and the text sources.
-SYSTEM_PACKAGES := flite sword-text-web diatheke wordnet-base fortunes
+# Debian packages: the corpus is built from the flite synthesiser and the text sources; `make
+# paper` transcribes the recorded LibriVox clips of pocketsphinx-testdata.
+SYSTEM_PACKAGES := flite sword-text-web diatheke wordnet-base fortunes pocketsphinx-testdata
 SYSTEM_STAMP := $(VENV)/.system-packages
 
 # libtpu and the CUDA plugin as compile-only targets of `zipper compile` (1.3 GB; 0: none).
@@ -12,7 +13,7 @@ COMPILE_ONLY ?= 1
 
 SUDO := $(shell [ $$(id -u) = 0 ] || echo sudo)
 
-.PHONY: install system-packages test test-fast soak demo bench clean
+.PHONY: install system-packages test test-fast soak demo paper bench clean
 
 install: $(STAMP)
 
@@ -50,6 +51,10 @@ soak: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m zipper_jax.speech.demo
+
+# The paper's grid and its claims' verdicts (about 90 minutes on 2 cores): experiments/paper/.
+paper: $(STAMP)
+	$(PY) -m zipper_jax.speech.paper
 
 # Benchmarks at a quick size (JSON to bench.json); they also need torch and transformers.
 bench: $(STAMP) requirements/bench.txt

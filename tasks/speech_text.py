@@ -63,18 +63,20 @@ TASKS = (
 )
 
 
-def _register(name, split, present, order, loss_on, fraction):
-  common = [_rename_units, preprocessors.encode(name, VOCABULARIES, present),
+def register(name: str, source: seqio.DataSource, prepare, present, order, loss_on) -> None:
+  """Task `name` (the Zipper's) and `single_<name>` (the Single Decoder's) over `source`, whose
+  examples `prepare` turns into {'text': string, 'speech': unit ids} (those `present`), in the
+  corpus's vocabularies; `order`: the modalities' interleaved layout, `loss_on`: the target."""
+  common = [prepare, preprocessors.encode(name, VOCABULARIES, present),
             preprocessors.check_tokens(name, VOCABULARIES, present)]
   seqio.TaskRegistry.add(
-      name, source=source(split, fraction),
+      name, source=source,
       preprocessors=common + [preprocessors.sequential_layout(
           order, loss_on, absent=[m for m in VOCABULARIES if m not in present])],
       output_features={**{m: seqio.Feature(v, add_eos=False) for m, v in VOCABULARIES.items()},
                        **preprocessors.layout_features(VOCABULARIES)})
-  single = f'single_{name}'
   seqio.TaskRegistry.add(
-      single, source=source(split, fraction),
+      f'single_{name}', source=source,
       preprocessors=common + [preprocessors.single_decoder_sequence(
           order, loss_on, TEXT_VOCABULARY)],
       output_features={'single': seqio.Feature(
@@ -90,7 +92,8 @@ def mixture_rates(asr: float = 1.0, tts: float = 1.0, text_lm: float = 0.5,
   return {'asr': asr, 'tts': tts, 'text_lm': text_lm, 'speech_lm': speech_lm}
 
 
-def _rate(kind: str, task) -> float:
+def rate(kind: str, task) -> float:
+  """A mixture's rate function: `mixture_rates()[kind]`, read when the mixture is built."""
   del task
   return mixture_rates()[kind]
 
@@ -99,11 +102,11 @@ def _register_all():
   for suffix, fraction in FRACTIONS.items():
     for name, split, present, order, loss_on in TASKS:
       if split == 'aligned' or not suffix:
-        _register(name + suffix, split, present, order, loss_on, fraction)
+        register(name + suffix, source(split, fraction), _rename_units, present, order, loss_on)
     for prefix in ('', 'single_'):
-      cross = [(f'{prefix}{kind}{suffix}', functools.partial(_rate, kind))
+      cross = [(f'{prefix}{kind}{suffix}', functools.partial(rate, kind))
                for kind in ('asr', 'tts')]
-      unimodal = [(f'{prefix}{kind}', functools.partial(_rate, kind))
+      unimodal = [(f'{prefix}{kind}', functools.partial(rate, kind))
                   for kind in ('text_lm', 'speech_lm')]
       seqio.MixtureRegistry.add(f'{prefix}asr_tts{suffix}', cross)
       seqio.MixtureRegistry.add(f'{prefix}asr_tts_unimodal{suffix}', cross + unimodal)

@@ -17,48 +17,12 @@ not trained again, an evaluation of a run's last step is not redone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
-import seqio
-
-from zipper_jax import main as zipper_main
-from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import corpus, evaluation, report
+from zipper_jax.speech import evaluation, report, stages
 
 WORKDIR = 'runs/demo'
-
-
-def train_stage(args, name: str, experiment: str, steps: int | None, *bindings: str) -> str:
-  """Trains `gin/experiments/<experiment>.gin` into WORKDIR/name, unless it is trained."""
-  run = RunDir(os.path.join(args.workdir, name))
-  if run.exists() and run.latest_step() == run.config.train_steps and steps in (
-      None, run.config.train_steps):
-    print(f'   {run.path} is trained ({run.config.train_steps} steps): reused', flush=True)
-    return run.path
-  overrides = {'TRAIN_STEPS': steps, 'learning_rate_schedule.peak': args.learning_rate}
-  zipper_main.main([
-      'train', f'--gin_file=gin/experiments/{experiment}.gin', f'--model_dir={run.path}',
-      f'--gin.TEXT_VOCAB_SIZE={args.text_vocab_size}', *bindings,
-      *(f'--gin.{name}={value}' for name, value in overrides.items() if value is not None)])
-  return run.path
-
-
-def eval_stage(args, model_dir: str, tasks: list[str], text_tower: str) -> None:
-  """`zipper eval` of the run's newest checkpoint, with the run's own model."""
-  run = RunDir(model_dir)
-  done = run.read_eval('test_clean')
-  if done and done['step'] == run.latest_step():
-    print(f'   {model_dir} is evaluated: reused', flush=True)
-    return
-  zipper_main.main([
-      'eval', f'--model_dir={model_dir}', '--gin_file=gin/runs/eval_speech_text.gin',
-      f'--gin.EVAL_TASKS={tasks}', f"--gin.TEXT_TOWER_DIR='{text_tower}'",
-      f'--gin.SpeechTextEval.tts_utterances={args.tts_utterances}',
-      f'--gin.SpeechTextEval.asr_utterances={args.asr_utterances}',
-      f'--gin.BATCH_SIZE={args.batch_size or 8}',
-      f"--gin.SpeechTextEval.reference_dir='{os.path.join(args.workdir, 'tts_reference')}'"])
 
 
 def main(argv=None) -> None:
@@ -85,45 +49,36 @@ def main(argv=None) -> None:
                       help='of each test split; the judge takes ~0.5 s three times for each')
   args = parser.parse_args(argv)
   start = time.perf_counter()
-  corpus_dir = os.path.abspath(os.path.join(args.workdir, 'corpus'))
-  os.environ['ZIPPER_CORPUS_DIR'] = corpus_dir  # where tasks.speech_text, once imported, reads
+  say = stages.say
+  say(f'== 1/6 the speech-text corpus in {os.path.join(args.workdir, "corpus")}')
+  _, text_vocab_size = stages.prepare_corpus(args.workdir, args.corpus_size)
+  common = {'TEXT_VOCAB_SIZE': text_vocab_size, 'learning_rate_schedule.peak': args.learning_rate}
 
-  print(f'== 1/6 the speech-text corpus in {corpus_dir}', flush=True)
-  size = json.loads(args.corpus_size) if args.corpus_size.startswith('{') else args.corpus_size
-  if os.path.exists(os.path.join(corpus_dir, 'metadata.json')):
-    corpus.check_request(corpus_dir, size, seed=0)
-    print('   built: reused', flush=True)
-  else:
-    corpus.build(corpus_dir, size, seed=0, workers=os.cpu_count())
-  args.text_vocab_size = seqio.SentencePieceVocabulary(
-      os.path.join(corpus_dir, 'text_vocab.model')).vocab_size
+  say('== 2/6 pre-train the text tower on text_lm and the speech tower on speech_lm')
+  pretrain = common | {'BATCH_SIZE': args.pretrain_batch_size}
+  text = stages.train(args.workdir, 'text', 'tiny_text_pretrain',
+                      pretrain | {'TRAIN_STEPS': args.text_pretrain_steps})
+  speech = stages.train(args.workdir, 'speech', 'tiny_speech_pretrain',
+                        pretrain | {'TRAIN_STEPS': args.speech_pretrain_steps})
+  zipped_runs = common | {'BATCH_SIZE': args.batch_size, 'mixture_rates.asr': args.asr_rate}
+  say('== 3/6 zip them (text tower frozen) and train on asr_tts')
+  zipped = stages.train(args.workdir, 'zipper', 'tiny_zipper_frozen_text', zipped_runs | {
+      'TRAIN_STEPS': args.steps, 'INIT_CHECKPOINTS': {'text': text, 'speech': speech}})
+  say('== 4/6 the Single Decoder baseline, grown from the text tower, on single_asr_tts')
+  single = stages.train(args.workdir, 'single_decoder', 'tiny_single_decoder', zipped_runs | {
+      'TRAIN_STEPS': args.single_steps, 'INIT_CHECKPOINTS': {'text': text}})
+  say('== 5/6 evaluate both on test_clean and test_other')
+  for model_dir, tasks in ((zipped, ['asr', 'tts']), (single, ['single_asr', 'single_tts'])):
+    stages.evaluate(model_dir, tasks, text, asr_utterances=args.asr_utterances,
+                    tts_utterances=args.tts_utterances, batch_size=args.batch_size or 8,
+                    reference_dir=os.path.join(args.workdir, 'tts_reference'))
 
-  print('== 2/6 pre-train the text tower on text_lm and the speech tower on speech_lm',
-        flush=True)
-  pretrain = ([f'--gin.BATCH_SIZE={args.pretrain_batch_size}'] if args.pretrain_batch_size
-              else [])
-  text = train_stage(args, 'text', 'tiny_text_pretrain', args.text_pretrain_steps, *pretrain)
-  speech = train_stage(args, 'speech', 'tiny_speech_pretrain', args.speech_pretrain_steps,
-                       *pretrain)
-  zipped_runs = [f'--gin.{name}={value}' for name, value in (
-      ('BATCH_SIZE', args.batch_size), ('mixture_rates.asr', args.asr_rate)) if value]
-  print('== 3/6 zip them (text tower frozen) and train on asr_tts', flush=True)
-  zipped = train_stage(args, 'zipper', 'tiny_zipper_frozen_text', args.steps, *zipped_runs,
-                       f"--gin.INIT_CHECKPOINTS={{'text': '{text}', 'speech': '{speech}'}}")
-  print('== 4/6 the Single Decoder baseline, grown from the text tower, on single_asr_tts',
-        flush=True)
-  single = train_stage(args, 'single_decoder', 'tiny_single_decoder', args.single_steps,
-                       *zipped_runs, f"--gin.INIT_CHECKPOINTS={{'text': '{text}'}}")
-  print('== 5/6 evaluate both on test_clean and test_other', flush=True)
-  eval_stage(args, zipped, ['asr', 'tts'], text)
-  eval_stage(args, single, ['single_asr', 'single_tts'], text)
-
-  print('== 6/6 the table, and a report with plots', flush=True)
-  print(evaluation.format_table({'Zipper (text frozen)': evaluation.load_results(zipped),
-                                 'Single Decoder': evaluation.load_results(single)}))
+  say('== 6/6 the table, and a report with plots')
+  say(evaluation.format_table({'Zipper (text frozen)': evaluation.load_results(zipped),
+                               'Single Decoder': evaluation.load_results(single)}))
   report.write_report([zipped, single], os.path.join(args.workdir, 'report'))
-  print(f'report: {os.path.join(args.workdir, "report", "report.md")}; every artifact under '
-        f'{args.workdir}; {(time.perf_counter() - start) / 60:.1f} minutes', flush=True)
+  say(f'report: {os.path.join(args.workdir, "report", "report.md")}; every artifact under '
+      f'{args.workdir}; {(time.perf_counter() - start) / 60:.1f} minutes')
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ import seqio
 from zipper_jax import models
 from zipper_jax.inputs import TowerInput
 from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import audio
+from zipper_jax.speech import audio, metrics
 
 PROMPT_BUCKET = 32  # Single Decoder prompts are padded to a multiple of this: few compilations
 MIN_SECONDS = 0.1  # shorter audio holds no word: an error, not an empty transcript
@@ -178,10 +178,18 @@ def _right_padded(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
 
 
 def transcribe_files(args) -> int:
-  wavs = [audio.read_audio(path) for path in args.audio]  # every file checked before any compute
+  # Every file (and reference) is checked before any compute.
+  references = args.references and metrics.references_for(args.audio, args.references)
+  wavs = [audio.read_audio(path) for path in args.audio]
   system = SpeechText.from_run(args.model_dir, batch_size=min(len(wavs), 16))
-  for text in system.transcribe(wavs, args.beam_size, names=args.audio):
+  transcripts = system.transcribe(wavs, args.beam_size, names=args.audio)
+  for text in transcripts:
     print(text)
+  if references:
+    rates = metrics.error_rates(references, transcripts)
+    words = sum(n for _, n in rates['word_errors'])
+    print(f"WER {rates['wer']:.1%}, CER {rates['cer']:.1%} ({len(wavs)} utterances, {words} "
+          f'words, against {args.references})')
   return 0
 
 
@@ -198,6 +206,9 @@ def add_parser(subparsers) -> None:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   command.add_argument('--model_dir', required=True, help='the run (newest checkpoint)')
   command.add_argument('--beam_size', type=int, default=1, help='1: greedy')
+  command.add_argument('--references',
+                       help='a transcription file (`<s> text </s> (file name without '
+                       'extension)` a line, CMU Sphinx\'s format): print the WER too')
   command.add_argument('audio', nargs='+', help='audio files (WAV, FLAC, ...; any rate)')
   command.set_defaults(run=transcribe_files)
   command = subparsers.add_parser(

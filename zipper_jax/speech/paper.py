@@ -1,0 +1,279 @@
+"""The paper's table (`make paper`): its grid trained and evaluated on the embedded corpus, and a
+verdict beside each of its claims (`claims`).
+
+  1. the corpus, and a text and a speech tower pre-trained once: every row zips the same towers
+  2. for each aligned-data size (100%, 10%, 1% of the aligned pairs: nested prefixes of one
+     seeded order), three systems on the `asr_tts` mixture of that size:
+       Zipper (text frozen)   the text tower frozen, the speech tower trainable
+       Zipper (both frozen)   only cross-attention, its projections and gates train
+       Single Decoder         the text tower grown to speech tokens, everything trainable
+  3. every run evaluated on test_clean and test_other (ASR WER/CER greedy and beam search; TTS
+     WER by the judge with its floor and ceiling; text perplexity), as `make demo` does
+  4. the verdicts (a)-(d) with paired-bootstrap intervals, and OUT/results.json, results.md and
+     aligned_data.png, stamped with the commit, date and machine they came from
+
+The work folder is the demo's: runs the demo finished (corpus, towers, the 100% Zipper and
+Single Decoder) are reused, as is anything a stopped `make paper` finished. Every run is the
+`zipper` command a user would run with an experiment of gin/experiments/; `--scale` picks the
+shapes, corpus and budgets (`tiny`: this project's 2-core CPU; `zipper_s`: one accelerator).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import glob
+import os
+import platform
+import subprocess
+import time
+from typing import Any, Mapping
+
+from zipper_jax import atomic_files
+from zipper_jax.run_dir import RunDir
+from zipper_jax.speech import audio, claims, evaluation, metrics, report, stages
+from zipper_jax.speech.inference import SpeechText
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Recorded human speech: LibriVox clips with their transcription (Debian's pocketsphinx-testdata).
+REAL_SPEECH_DIR = '/usr/share/pocketsphinx/test/data/librivox'
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+  label: str
+  experiment: str  # gin/experiments/<experiment>.gin
+  mixture_prefix: str  # '' (Zipper tasks) or 'single_'
+  init: tuple[str, ...]  # pre-trained towers it starts from
+
+
+SYSTEMS = {
+    'zipper': System('Zipper (text frozen)', 'tiny_zipper_frozen_text', '', ('text', 'speech')),
+    'zipper_frozen_both': System('Zipper (both frozen)', 'tiny_zipper_frozen_both', '',
+                                 ('text', 'speech')),
+    'single_decoder': System('Single Decoder', 'tiny_single_decoder', 'single_', ('text',)),
+}
+# Aligned-data size -> the suffix of its mixture (tasks/speech_text.py) and of its run's folder.
+FRACTIONS = {1.0: '', 0.1: '_10pct', 0.01: '_1pct'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """Corpus, shapes and budgets of one grid; None: the experiments' own."""
+  corpus: str
+  model_gin: str | None = None  # tower shapes replacing the experiments' tiny ones
+  pretrain_steps: Mapping[str, int | None] = dataclasses.field(default_factory=dict)
+  steps: Mapping[str, int | None] = dataclasses.field(default_factory=dict)
+  batch_size: int | None = None
+  tts_utterances: int = 8
+
+
+SCALES = {
+    'tiny': Scale('tiny'),
+    # ~100M-parameter towers on the 7,000-utterance corpus: one accelerator, a few hours.
+    'zipper_s': Scale('small', 'gin/models/zipper_s.gin',
+                      pretrain_steps={'text': 20_000, 'speech': 10_000},
+                      steps={'zipper': 10_000, 'zipper_frozen_both': 10_000,
+                             'single_decoder': 5_000},
+                      batch_size=32, tts_utterances=64),
+}
+
+
+def run_name(system: str, fraction: float) -> str:
+  return system + FRACTIONS[fraction]
+
+
+def train_grid(workdir: str, scale: Scale, text_vocab_size: int) -> tuple[str, dict[str, str]]:
+  """Pre-trains the towers and trains every row: (the text tower's run, {row: its run})."""
+  common = {'TEXT_VOCAB_SIZE': text_vocab_size, 'BATCH_SIZE': scale.batch_size}
+  shapes = [scale.model_gin] if scale.model_gin else []
+  towers = {tower: stages.train(workdir, tower, f'tiny_{tower}_pretrain',
+                                common | {'TRAIN_STEPS': scale.pretrain_steps.get(tower)},
+                                shapes)
+            for tower in ('text', 'speech')}
+  runs = {}
+  for fraction, suffix in FRACTIONS.items():
+    for name, system in SYSTEMS.items():
+      stages.say(f'   {system.label} on {fraction:.0%} of the aligned pairs')
+      runs[run_name(name, fraction)] = stages.train(
+          workdir, run_name(name, fraction), system.experiment, common | {
+              'MIXTURE_OR_TASK_NAME': f'{system.mixture_prefix}asr_tts{suffix}',
+              'INIT_CHECKPOINTS': {tower: towers[tower] for tower in system.init},
+              'TRAIN_STEPS': scale.steps.get(name)}, shapes)
+  return towers['text'], runs
+
+
+def transcribe_recordings(model_dir: str, clips_dir: str, beam_size: int = 4) -> dict[str, Any]:
+  """`zipper transcribe --references` of every WAV in `clips_dir` against its `transcription`."""
+  paths = sorted(glob.glob(os.path.join(clips_dir, '*.wav')))
+  references = metrics.references_for(paths, os.path.join(clips_dir, 'transcription'))
+  system = SpeechText.from_run(model_dir, batch_size=len(paths))
+  hypotheses = system.transcribe([audio.read_audio(p) for p in paths], beam_size, names=paths)
+  return {'utterances': len(paths), 'beam_size': beam_size,
+          **metrics.error_rates(references, hypotheses),
+          'samples': [{'reference': r, 'hypothesis': h}
+                      for r, h in zip(references[:3], hypotheses[:3])]}
+
+
+def judge_claims(evals: Mapping[str, Mapping[str, Any]], split: str = 'test_clean') -> list[dict]:
+  """The verdicts (a)-(d) on the rows' evaluations ({row: {split or 'text_perplexity': ...}})."""
+  zipper, single = evals['zipper'][split], evals['single_decoder'][split]
+  verdicts = [claims.asr_parity(zipper, single)]
+  if 'tts' in zipper and 'tts' in single:
+    verdicts.append(claims.tts_gain(zipper, single))
+  low = run_name('zipper', min(FRACTIONS)), run_name('single_decoder', min(FRACTIONS))
+  verdicts.append(claims.low_resource_asr(evals[low[0]][split], evals[low[1]][split]))
+  verdicts.append(claims.text_preserved({
+      row: result['text_perplexity'] for row, result in evals.items()
+      if row.startswith('zipper') and 'run_text_tower' in result['text_perplexity']}))
+  return [dataclasses.asdict(v) | {'split': split} for v in verdicts]
+
+
+def provenance() -> dict[str, Any]:
+  """Where the numbers came from: the commit (and whether the tree had changes), date, machine."""
+  git = lambda *a: subprocess.run(['git', *a], cwd=REPO_ROOT, capture_output=True,
+                                  text=True).stdout.strip()
+  import jax  # the devices the runs used; imported with the runs' own settings
+  with open('/proc/meminfo') as f:
+    memory_kib = int(f.readline().split()[1])
+  return {'commit': git('rev-parse', 'HEAD') or None,
+          'uncommitted_changes': bool(git('status', '--porcelain', '--untracked-files=no')),
+          'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+          'machine': {'platform': platform.platform(), 'processor': platform.machine(),
+                      'cpus': os.cpu_count(), 'memory_gib': round(memory_kib / 2**20, 1),
+                      'devices': [d.device_kind for d in jax.devices()]}}
+
+
+def _percent(x: float) -> str:
+  return f'{x:+.1%}' if abs(x) != float('inf') else ('+inf' if x > 0 else '-inf')
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+  """results.md: the verdicts, then one table per aligned-data size."""
+  meta = results['provenance']
+  lines = ['# The paper\'s claims on the embedded corpus', '',
+           f"Measured by `{results['command']}` at commit `{meta['commit']}`"
+           f"{' (with uncommitted changes)' if meta['uncommitted_changes'] else ''} on "
+           f"{meta['date']}, {meta['machine']['cpus']} CPUs "
+           f"({', '.join(sorted(set(meta['machine']['devices'])))}), in "
+           f"{results['minutes']:.0f} minutes. Generated: do not edit.", '',
+           '| claim | measured | estimate [95% interval] | verdict |', '|---|---|---|---|']
+  for v in results['claims']:
+    interval = ('' if v['claim'] == 'd' else
+                f" [{_percent(v['low'])}, {_percent(v['high'])}]")
+    estimate = f"{v['estimate']:.2e}" if v['claim'] == 'd' else _percent(v['estimate'])
+    lines.append(f"| ({v['claim']}) {v['statement']} | {v['measure']}, {v['split']} | "
+                 f"{estimate}{interval} | **{v['verdict']}** |")
+  lines += ['', 'Intervals: paired bootstrap over test utterances '
+            f'({claims.RESAMPLES} draws); reproduced when the whole interval supports the claim, '
+            'not reproduced when the whole interval contradicts it.', '']
+  for fraction in FRACTIONS:
+    rows = {SYSTEMS[name].label: results['runs'][run_name(name, fraction)]['figures']
+            for name in SYSTEMS}
+    lines += [f'## {fraction:.0%} of the aligned pairs', '', evaluation.format_table(rows), '']
+  lines += ['![WER against aligned data](aligned_data.png)', '']
+  if results['real_speech']:
+    lines += ['## Recorded human speech', '',
+              'LibriVox clips (Debian\'s pocketsphinx-testdata), a voice the models never heard, '
+              'transcribed by each 100% run with beam search:', '',
+              '| | WER | CER | utterances |', '|---|---|---|---|']
+    lines += [f"| {SYSTEMS[name].label} | {r['wer']:.1%} | {r['cer']:.1%} | {r['utterances']} |"
+              for name, r in results['real_speech'].items()]
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def plot_aligned_data(results: Mapping[str, Any], path: str, split: str = 'test_clean') -> None:
+  """ASR (beam) and TTS WER against the aligned data, one line per system."""
+  plt = report._pyplot()
+  figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  fractions = sorted(FRACTIONS)
+  for axis, (title, key) in zip(axes, (('ASR, beam search', 'asr_beam/wer'),
+                                       ('TTS (judge)', 'tts/wer'))):
+    for name, system in SYSTEMS.items():
+      values = [results['runs'][run_name(name, f)]['figures'].get(f'{split}/{key}')
+                for f in fractions]
+      if None not in values:
+        axis.plot([100 * f for f in fractions], [100 * v for v in values], 'o-',
+                  label=system.label)
+    if key == 'tts/wer':
+      figures = results['runs']['zipper']['figures']
+      for label, reference in (('judge on original audio', 'floor_wer'),
+                               ('judge on resynthesised truth', 'ceiling_wer')):
+        if f'{split}/tts/{reference}' in figures:
+          axis.axhline(100 * figures[f'{split}/tts/{reference}'], ls='--', c='grey', lw=1)
+          axis.annotate(label, (1, 100 * figures[f'{split}/tts/{reference}']), fontsize=7)
+    axis.set(xscale='log', xlabel='aligned pairs (%)', ylabel=f'WER on {split} (%)', title=title)
+  axes[0].legend(fontsize=8)
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--workdir', default='runs/demo', help='runs and corpus (the demo\'s)')
+  parser.add_argument('--out', default='experiments/paper', help='results JSON, table, plot')
+  parser.add_argument('--scale', default='tiny', choices=sorted(SCALES))
+  parser.add_argument('--corpus_size', help='override the scale\'s: a `zipper corpus build` '
+                      'size or a JSON {split: utterances}')
+  parser.add_argument('--steps', type=int, help='override every run\'s training steps')
+  parser.add_argument('--batch_size', type=int, help='override every run\'s packed rows a step')
+  parser.add_argument('--asr_utterances', type=int, help='of each test split (default: all)')
+  parser.add_argument('--tts_utterances', type=int, help='of each test split (0: no TTS)')
+  parser.add_argument('--real_speech_dir', default=REAL_SPEECH_DIR,
+                      help='recorded speech to transcribe: WAVs and a Sphinx `transcription`')
+  args = parser.parse_args(argv)
+  scale = SCALES[args.scale]
+  if args.steps:
+    scale = dataclasses.replace(scale, pretrain_steps=dict.fromkeys(('text', 'speech'), args.steps),
+                                steps=dict.fromkeys(SYSTEMS, args.steps))
+  scale = dataclasses.replace(scale, corpus=args.corpus_size or scale.corpus,
+                              batch_size=args.batch_size or scale.batch_size,
+                              tts_utterances=scale.tts_utterances if args.tts_utterances is None
+                              else args.tts_utterances)
+  start = time.perf_counter()
+  stages.say(f'== 1/4 the corpus ({scale.corpus}) in {os.path.join(args.workdir, "corpus")}')
+  _, text_vocab_size = stages.prepare_corpus(args.workdir, scale.corpus)
+  stages.say('== 2/4 pre-train the towers once; train every system on every aligned-data size')
+  text_tower, runs = train_grid(args.workdir, scale, text_vocab_size)
+  stages.say('== 3/4 evaluate every run on test_clean and test_other')
+  for name, model_dir in runs.items():
+    tasks = ['single_asr', 'single_tts'] if name.startswith('single') else ['asr', 'tts']
+    stages.evaluate(model_dir, tasks, text_tower, asr_utterances=args.asr_utterances,
+                    tts_utterances=scale.tts_utterances, batch_size=scale.batch_size or 8,
+                    reference_dir=os.path.join(args.workdir, 'tts_reference'))
+  real_speech = {}
+  if os.path.isdir(args.real_speech_dir):
+    stages.say(f'   recorded speech: {args.real_speech_dir}')
+    real_speech = {name: transcribe_recordings(runs[name], args.real_speech_dir)
+                   for name in SYSTEMS}
+  else:
+    stages.say(f'   no recorded speech in {args.real_speech_dir} (Debian: pocketsphinx-testdata)')
+  stages.say(f'== 4/4 the verdicts, and the results in {args.out}')
+  evals = {name: {split: RunDir(d).read_eval(split)
+                  for split in (*evaluation.SPLITS, 'text_perplexity')}
+           for name, d in runs.items()}
+  results = {
+      'command': 'python -m zipper_jax.speech.paper ' + ' '.join(argv or []),
+      'provenance': provenance(), 'scale': dataclasses.asdict(scale),
+      'minutes': (time.perf_counter() - start) / 60,
+      'claims': judge_claims(evals), 'real_speech': real_speech,
+      'runs': {run_name(name, fraction): {
+          'system': system.label, 'aligned_fraction': fraction,
+          'run': os.path.abspath(runs[run_name(name, fraction)]),
+          'figures': evaluation.load_results(runs[run_name(name, fraction)])}
+               for fraction in FRACTIONS for name, system in SYSTEMS.items()}}
+  os.makedirs(args.out, exist_ok=True)
+  atomic_files.write_json(os.path.join(args.out, 'results.json'), results)
+  plot_aligned_data(results, os.path.join(args.out, 'aligned_data.png'))
+  table = markdown(results)
+  with atomic_files.atomic_file(os.path.join(args.out, 'results.md')) as path:
+    with open(path, 'w') as f:
+      f.write(table)
+  stages.say(table)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,73 @@
+"""The stages of the speech-text drivers (`demo`, `paper`), each the `zipper` command a user would
+run, each reusing what is already finished under the work folder: the corpus build resumes, a
+run at its last step is not trained again, an evaluation of a run's last step is not redone."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import seqio
+
+from zipper_jax import main as zipper_main
+from zipper_jax.run_dir import RunDir
+from zipper_jax.speech import corpus
+
+
+def say(message: str) -> None:
+  print(message, flush=True)
+
+
+def prepare_corpus(workdir: str, size: str) -> tuple[str, int]:
+  """Builds (or reuses) the corpus of `size` (a `zipper corpus build` size or a JSON
+  {split: utterances}) in workdir/corpus, points the speech-text tasks at it; (its folder, its
+  text vocabulary's size)."""
+  corpus_dir = os.path.abspath(os.path.join(workdir, 'corpus'))
+  os.environ['ZIPPER_CORPUS_DIR'] = corpus_dir  # where tasks.speech_text, once imported, reads
+  size = json.loads(size) if size.startswith('{') else size
+  if os.path.exists(os.path.join(corpus_dir, 'metadata.json')):
+    corpus.check_request(corpus_dir, size, seed=0)
+    say(f'   {corpus_dir} is built: reused')
+  else:
+    corpus.build(corpus_dir, size, seed=0, workers=os.cpu_count())
+  vocabulary = seqio.SentencePieceVocabulary(os.path.join(corpus_dir, 'text_vocab.model'))
+  return corpus_dir, vocabulary.vocab_size
+
+
+def _zipper(argv: Sequence[str]) -> None:
+  if zipper_main.main(list(argv)) != 0:
+    raise SystemExit(f'stopped: `zipper {" ".join(argv)}` failed')
+
+
+def train(workdir: str, name: str, experiment: str, bindings: Mapping[str, Any],
+          gin_files: Sequence[str] = ()) -> str:
+  """Trains gin/experiments/<experiment>.gin (then `gin_files`, which override it) into
+  workdir/name, unless a run there has reached its TRAIN_STEPS; `bindings`: gin name -> Python
+  value (None: the experiment's own)."""
+  run = RunDir(os.path.join(workdir, name))
+  steps = bindings.get('TRAIN_STEPS')
+  if (run.exists() and run.latest_step() == run.config.train_steps
+      and steps in (None, run.config.train_steps)):
+    say(f'   {run.path} is trained ({run.config.train_steps} steps): reused')
+    return run.path
+  _zipper(['train', f'--gin_file=gin/experiments/{experiment}.gin',
+           *(f'--gin_file={path}' for path in gin_files), f'--model_dir={run.path}',
+           *(f'--gin.{key}={value!r}' for key, value in bindings.items() if value is not None)])
+  return run.path
+
+
+def evaluate(model_dir: str, tasks: Sequence[str], text_tower: str, *,
+             asr_utterances: int | None, tts_utterances: int, batch_size: int,
+             reference_dir: str) -> None:
+  """`zipper eval` of the run's newest checkpoint (gin/runs/eval_speech_text.gin), unless done."""
+  run = RunDir(model_dir)
+  done = run.read_eval('test_clean')
+  if done and done['step'] == run.latest_step():
+    say(f'   {model_dir} is evaluated: reused')
+    return
+  _zipper(['eval', f'--model_dir={model_dir}', '--gin_file=gin/runs/eval_speech_text.gin',
+           f'--gin.EVAL_TASKS={list(tasks)!r}', f'--gin.TEXT_TOWER_DIR={text_tower!r}',
+           f'--gin.SpeechTextEval.tts_utterances={tts_utterances}',
+           f'--gin.SpeechTextEval.asr_utterances={asr_utterances}',
+           f'--gin.BATCH_SIZE={batch_size}',
+           f'--gin.SpeechTextEval.reference_dir={reference_dir!r}'])
