@@ -1,5 +1,5 @@
-"""The README's main job, shortened (a micro corpus, a few steps): every stage runs and leaves its
-artifacts under one folder, and a second run reuses them."""
+"""The README's main job and the paper's grid, shortened (a micro corpus, a few steps): every
+stage runs and leaves its artifacts under one folder, and the paper reuses what the demo did."""
 import json
 import os
 import subprocess
@@ -8,40 +8,65 @@ import sys
 import pytest
 
 from conftest import FAST_COMPILE
+from zipper_jax.run_dir import RunDir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MICRO = {'text_only': 60, 'speech_only': 30, 'aligned': 16, 'validation': 4, 'test_clean': 4,
+# 100 aligned pairs: the paper's 1% is one of them.
+MICRO = {'text_only': 60, 'speech_only': 30, 'aligned': 100, 'validation': 4, 'test_clean': 4,
          'test_other': 4}
 
 
-def demo(workdir):
+def run(module, *flags):
   # As a user runs it: its own corpus, one CPU device (not the tests' eight).
   env = {k: v for k, v in os.environ.items() if k not in ('ZIPPER_CORPUS_DIR', 'XLA_FLAGS')}
   env['XLA_FLAGS'] = FAST_COMPILE
-  done = subprocess.run(
-      [sys.executable, '-m', 'zipper_jax.speech.demo', f'--workdir={workdir}',
-       f'--corpus_size={json.dumps(MICRO)}', '--text_pretrain_steps=3',
-       '--speech_pretrain_steps=3', '--steps=3', '--single_steps=3', '--batch_size=4',
-       '--pretrain_batch_size=4', '--tts_utterances=1'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  done = subprocess.run([sys.executable, '-m', module, *flags], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stdout
 
 
 @pytest.mark.slow
-def test_demo_runs_every_stage_then_reuses_them(tmp_path):
-  out = demo(tmp_path)
+def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
+  out = run('zipper_jax.speech.demo', f'--workdir={tmp_path}', f'--corpus_size={json.dumps(MICRO)}',
+            '--text_pretrain_steps=3', '--speech_pretrain_steps=3', '--steps=3',
+            '--single_steps=3', '--batch_size=4', '--pretrain_batch_size=4', '--tts_utterances=1')
   assert '| test_clean: ASR WER, greedy |' in out and 'TTS ceiling' in out
   assert os.path.exists(tmp_path / 'corpus' / 'metadata.json')
-  for run in ('text', 'speech', 'zipper', 'single_decoder'):
-    assert os.listdir(tmp_path / run / 'checkpoints')
-    assert os.path.exists(tmp_path / run / 'vocabularies' / 'index.json')
-  for run in ('zipper', 'single_decoder'):
+  for run_dir in ('text', 'speech', 'zipper', 'single_decoder'):
+    assert os.listdir(tmp_path / run_dir / 'checkpoints')
+    assert os.path.exists(tmp_path / run_dir / 'vocabularies' / 'index.json')
+  for run_dir in ('zipper', 'single_decoder'):
     for name in ('test_clean', 'test_other', 'text_perplexity'):
-      assert os.path.exists(tmp_path / run / 'eval' / f'{name}.json')
+      assert os.path.exists(tmp_path / run_dir / 'eval' / f'{name}.json')
   perplexity = json.loads((tmp_path / 'zipper' / 'eval' / 'text_perplexity.json').read_text())
   assert perplexity['run_text_tower'] == perplexity['tower_alone']  # frozen: bit-identical
   for artifact in ('report.md', 'wer.png', 'training.png'):
     assert os.path.exists(tmp_path / 'report' / artifact)
-  again = demo(tmp_path)
-  assert again.count('reused') == 7  # corpus, four runs, two evaluations
+
+  # The paper's grid on the same folder: the demo's corpus, towers, runs and evaluations reused.
+  recordings = tmp_path / 'recordings'
+  recordings.mkdir()
+  clip = tmp_path / 'corpus' / json.loads(
+      (tmp_path / 'corpus' / 'manifest' / 'test_other.jsonl').read_text().splitlines()[0])['audio']
+  (recordings / 'clip-1.wav').write_bytes(clip.read_bytes())
+  (recordings / 'transcription').write_text('<s> some words </s> (clip-1)\n')
+  out = run('zipper_jax.speech.paper', f'--workdir={tmp_path}', f'--out={tmp_path / "paper"}',
+            f'--corpus_size={json.dumps(MICRO)}', '--steps=3', '--batch_size=4',
+            '--tts_utterances=0', f'--real_speech_dir={recordings}')
+  assert out.count('reused') == 7  # corpus, two towers, two runs, two evaluations
+  results = json.loads((tmp_path / 'paper' / 'results.json').read_text())
+  assert len(results['runs']) == 9
+  for row, result in results['runs'].items():
+    assert RunDir(str(tmp_path / row)).latest_step() == 3, row
+    assert 'test_clean/asr_beam/wer' in result['figures'], row
+  assert [c['claim'] for c in results['claims']] == ['a', 'b', 'c', 'd']
+  for claim in results['claims']:
+    assert claim['verdict'] in ('reproduced', 'not reproduced', 'inconclusive')
+    assert claim['low'] <= claim['estimate'] <= claim['high']
+  assert results['claims'][3]['verdict'] == 'reproduced'  # both Zipper kinds freeze the text
+  assert results['real_speech']['zipper']['utterances'] == 1
+  assert results['provenance']['commit'] and results['provenance']['machine']['cpus']
+  table = (tmp_path / 'paper' / 'results.md').read_text()
+  assert '## 1% of the aligned pairs' in table and '| (c) With 1%' in table
+  assert os.path.getsize(tmp_path / 'paper' / 'aligned_data.png') > 0

@@ -70,6 +70,24 @@ def test_speak_then_transcribe_end_to_end(run_dir, micro_corpus, tmp_path, capsy
   assert len(capsys.readouterr().out.splitlines()) == 2  # one transcript a file
 
 
+def test_transcribe_scores_against_a_sphinx_transcription(run_dir, micro_corpus, tmp_path,
+                                                          capsys):
+  line, flac = utterance(micro_corpus)
+  name = os.path.splitext(os.path.basename(flac))[0]
+  references = tmp_path / 'transcription'
+  references.write_text(f'<s> {line["text"]} </s> ({name})\n')
+  capsys.readouterr()
+  assert main.main(['transcribe', '--model_dir', run_dir, '--references', str(references),
+                    flac]) == 0
+  transcript, score = capsys.readouterr().out.splitlines()
+  rates = metrics.error_rates([line['text']], [transcript])
+  assert score.startswith(f"WER {rates['wer']:.1%}, CER {rates['cer']:.1%} (1 utterances")
+  references.write_text('<s> other words </s> (another-file)\n')
+  assert main.main(['transcribe', '--model_dir', run_dir, '--references', str(references),
+                    flac]) == 2
+  assert f'has no reference for {flac}' in capsys.readouterr().err
+
+
 def test_a_run_trained_with_fsdp_is_restored_sharded(run_dir):
   params = inference.SpeechText.from_run(run_dir).params
   kernel = params.get('text', params)['blocks']['mlp']['gate']['kernel']  # [layers, embed, mlp]

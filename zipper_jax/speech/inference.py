@@ -177,19 +177,27 @@ def _right_padded(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
   return tokens
 
 
+def transcribe_recordings(model_dir: str, paths: Sequence[str], beam_size: int = 1,
+                          transcription: str | None = None) -> tuple[list[str], dict | None]:
+  """A run's transcripts of audio files and, given a `transcription` (`metrics.
+  read_transcription`), their error rates; every file and reference is checked before any
+  compute."""
+  references = transcription and metrics.references_for(paths, transcription)
+  wavs = [audio.read_audio(path) for path in paths]
+  system = SpeechText.from_run(model_dir, batch_size=min(len(wavs), 16))
+  transcripts = system.transcribe(wavs, beam_size, names=paths)
+  return transcripts, references and metrics.error_rates(references, transcripts)
+
+
 def transcribe_files(args) -> int:
-  # Every file (and reference) is checked before any compute.
-  references = args.references and metrics.references_for(args.audio, args.references)
-  wavs = [audio.read_audio(path) for path in args.audio]
-  system = SpeechText.from_run(args.model_dir, batch_size=min(len(wavs), 16))
-  transcripts = system.transcribe(wavs, args.beam_size, names=args.audio)
+  transcripts, rates = transcribe_recordings(args.model_dir, args.audio, args.beam_size,
+                                             args.references)
   for text in transcripts:
     print(text)
-  if references:
-    rates = metrics.error_rates(references, transcripts)
+  if rates:
     words = sum(n for _, n in rates['word_errors'])
-    print(f"WER {rates['wer']:.1%}, CER {rates['cer']:.1%} ({len(wavs)} utterances, {words} "
-          f'words, against {args.references})')
+    print(f"WER {rates['wer']:.1%}, CER {rates['cer']:.1%} ({len(transcripts)} utterances, "
+          f'{words} words, against {args.references})')
   return 0
 
 

@@ -26,13 +26,13 @@ import glob
 import os
 import platform
 import subprocess
+import sys
 import time
 from typing import Any, Mapping
 
 from zipper_jax import atomic_files
 from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import audio, claims, evaluation, metrics, report, stages
-from zipper_jax.speech.inference import SpeechText
+from zipper_jax.speech import claims, evaluation, inference, metrics, report, stages
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Recorded human speech: LibriVox clips with their transcription (Debian's pocketsphinx-testdata).
@@ -70,7 +70,8 @@ class Scale:
 
 SCALES = {
     'tiny': Scale('tiny'),
-    # ~100M-parameter towers on the 7,000-utterance corpus: one accelerator, a few hours.
+    # ~100M-parameter towers on the `small` corpus (20,000 aligned pairs, four voices): one
+    # accelerator.
     'zipper_s': Scale('small', 'gin/models/zipper_s.gin',
                       pretrain_steps={'text': 20_000, 'speech': 10_000},
                       steps={'zipper': 10_000, 'zipper_frozen_both': 10_000,
@@ -106,13 +107,12 @@ def train_grid(workdir: str, scale: Scale, text_vocab_size: int) -> tuple[str, d
 def transcribe_recordings(model_dir: str, clips_dir: str, beam_size: int = 4) -> dict[str, Any]:
   """`zipper transcribe --references` of every WAV in `clips_dir` against its `transcription`."""
   paths = sorted(glob.glob(os.path.join(clips_dir, '*.wav')))
-  references = metrics.references_for(paths, os.path.join(clips_dir, 'transcription'))
-  system = SpeechText.from_run(model_dir, batch_size=len(paths))
-  hypotheses = system.transcribe([audio.read_audio(p) for p in paths], beam_size, names=paths)
-  return {'utterances': len(paths), 'beam_size': beam_size,
-          **metrics.error_rates(references, hypotheses),
+  transcription = os.path.join(clips_dir, 'transcription')
+  transcripts, rates = inference.transcribe_recordings(model_dir, paths, beam_size, transcription)
+  references = metrics.references_for(paths, transcription)
+  return {'utterances': len(paths), 'beam_size': beam_size, **rates,
           'samples': [{'reference': r, 'hypothesis': h}
-                      for r, h in zip(references[:3], hypotheses[:3])]}
+                      for r, h in zip(references[:3], transcripts[:3])]}
 
 
 def judge_claims(evals: Mapping[str, Mapping[str, Any]], split: str = 'test_clean') -> list[dict]:
@@ -126,7 +126,7 @@ def judge_claims(evals: Mapping[str, Mapping[str, Any]], split: str = 'test_clea
   verdicts.append(claims.text_preserved({
       row: result['text_perplexity'] for row, result in evals.items()
       if row.startswith('zipper') and 'run_text_tower' in result['text_perplexity']}))
-  return [dataclasses.asdict(v) | {'split': split} for v in verdicts]
+  return [dataclasses.asdict(v) | {'split': None if v.claim == 'd' else split} for v in verdicts]
 
 
 def provenance() -> dict[str, Any]:
@@ -155,14 +155,16 @@ def markdown(results: Mapping[str, Any]) -> str:
            f"Measured by `{results['command']}` at commit `{meta['commit']}`"
            f"{' (with uncommitted changes)' if meta['uncommitted_changes'] else ''} on "
            f"{meta['date']}, {meta['machine']['cpus']} CPUs "
-           f"({', '.join(sorted(set(meta['machine']['devices'])))}), in "
-           f"{results['minutes']:.0f} minutes. Generated: do not edit.", '',
+           f"({', '.join(sorted(set(meta['machine']['devices'])))}); this invocation took "
+           f"{results['minutes_this_invocation']:.0f} minutes (stages it reused not counted). "
+           'Generated: do not edit.', '',
            '| claim | measured | estimate [95% interval] | verdict |', '|---|---|---|---|']
   for v in results['claims']:
     interval = ('' if v['claim'] == 'd' else
                 f" [{_percent(v['low'])}, {_percent(v['high'])}]")
     estimate = f"{v['estimate']:.2e}" if v['claim'] == 'd' else _percent(v['estimate'])
-    lines.append(f"| ({v['claim']}) {v['statement']} | {v['measure']}, {v['split']} | "
+    where = f", {v['split']}" if v['split'] else ''
+    lines.append(f"| ({v['claim']}) {v['statement']} | {v['measure']}{where} | "
                  f"{estimate}{interval} | **{v['verdict']}** |")
   lines += ['', 'Intervals: paired bootstrap over test utterances '
             f'({claims.RESAMPLES} draws); reproduced when the whole interval supports the claim, '
@@ -256,9 +258,10 @@ def main(argv=None) -> None:
                   for split in (*evaluation.SPLITS, 'text_perplexity')}
            for name, d in runs.items()}
   results = {
-      'command': 'python -m zipper_jax.speech.paper ' + ' '.join(argv or []),
+      'command': ' '.join(['python -m zipper_jax.speech.paper',
+                           *(sys.argv[1:] if argv is None else argv)]),
       'provenance': provenance(), 'scale': dataclasses.asdict(scale),
-      'minutes': (time.perf_counter() - start) / 60,
+      'minutes_this_invocation': (time.perf_counter() - start) / 60,
       'claims': judge_claims(evals), 'real_speech': real_speech,
       'runs': {run_name(name, fraction): {
           'system': system.label, 'aligned_fraction': fraction,

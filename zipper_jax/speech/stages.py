@@ -11,7 +11,7 @@ import seqio
 
 from zipper_jax import main as zipper_main
 from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import corpus
+from zipper_jax.speech import corpus, evaluation
 
 
 def say(message: str) -> None:
@@ -61,8 +61,10 @@ def evaluate(model_dir: str, tasks: Sequence[str], text_tower: str, *,
              reference_dir: str) -> None:
   """`zipper eval` of the run's newest checkpoint (gin/runs/eval_speech_text.gin), unless done."""
   run = RunDir(model_dir)
-  done = run.read_eval('test_clean')
-  if done and done['step'] == run.latest_step():
+  # Each split's file, then text perplexity, is written as it is done: a stopped evaluation
+  # leaves some of them, or those of an older step.
+  done = [run.read_eval(name) for name in (*evaluation.SPLITS, 'text_perplexity')]
+  if all(d and d['step'] == run.latest_step() for d in done):
     say(f'   {model_dir} is evaluated: reused')
     return
   _zipper(['eval', f'--model_dir={model_dir}', '--gin_file=gin/runs/eval_speech_text.gin',
