@@ -54,7 +54,7 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
   out = run('zipper_jax.speech.paper', f'--workdir={tmp_path}', f'--out={tmp_path / "paper"}',
             f'--corpus_size={json.dumps(MICRO)}', '--steps=3', '--batch_size=4',
             '--tts_utterances=0', f'--real_speech_dir={recordings}')
-  assert out.count('reused') == 7  # corpus, two towers, two runs, two evaluations
+  assert out.count(': reused') == 7  # corpus, two towers, two runs, two evaluations
   results = json.loads((tmp_path / 'paper' / 'results.json').read_text())
   assert len(results['runs']) == 9
   for row, result in results['runs'].items():

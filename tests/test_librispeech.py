@@ -30,23 +30,26 @@ def mock_librispeech(micro_corpus):
   return recordings, tfds.testing.mock_data(as_dataset_fn=as_dataset)
 
 
-def test_librispeech_tasks_read_audio_into_the_corpus_units(micro_corpus, monkeypatch):
+def test_librispeech_tasks_read_audio_into_the_corpus_units(corpus, micro_corpus, monkeypatch):
+  # The tasks' vocabularies are the (toy) `corpus`'s; the micro corpus gives speech and units.
   tokenizer = SpeechTokenizer.load(os.path.join(micro_corpus, 'speech_tokenizer'))
   monkeypatch.setattr(librispeech, '_tokenizer', lambda: tokenizer)
   recordings, mocked = mock_librispeech(micro_corpus)
   text, speech = speech_text.TEXT_VOCABULARY, speech_text.SPEECH_VOCABULARY
   with mocked:
+    # (Mock data has no split sizes, which seqio's in-memory cache asks for.)
     get = lambda name, split: list(seqio.get_mixture_or_task(name).get_dataset(
-        None, split=split, shuffle=False, num_epochs=1).as_numpy_iterator())
+        None, split=split, shuffle=False, num_epochs=1, try_in_mem_cache=False
+    ).as_numpy_iterator())
     asr, single_tts = get('librispeech_asr', 'test_clean'), get('single_librispeech_tts', 'train')
     mixed = seqio.get_mixture_or_task('librispeech_asr_tts').get_dataset(
-        None, split='validation', shuffle=False, num_epochs=1)
+        None, split='validation', shuffle=False, num_epochs=1, try_in_mem_cache=False)
   assert len(asr) == len(single_tts) == len(recordings) and next(iter(mixed))
   for example, recording in zip(asr, recordings):
     units = tokenizer.encode(recording['speech'] / np.iinfo(np.int16).max)
     assert len(units) > 20
     np.testing.assert_array_equal(speech.decode(example['speech'][:-1].tolist()), units)
-    assert text.decode(example['text'][:-1].tolist()) == recording['text'].lower()
+    assert example['text'][:-1].tolist() == text.encode(recording['text'].lower())
     assert example['text_weights'].min() == 1 and example['speech_weights'].max() == 0
     np.testing.assert_array_equal(example['text_interleaved'],
                                   len(example['speech']) + np.arange(len(example['text'])))

@@ -206,6 +206,7 @@ def plot_aligned_data(results: Mapping[str, Any], path: str, split: str = 'test_
           axis.axhline(100 * figures[f'{split}/tts/{reference}'], ls='--', c='grey', lw=1)
           axis.annotate(label, (1, 100 * figures[f'{split}/tts/{reference}']), fontsize=7)
     axis.set(xscale='log', xlabel='aligned pairs (%)', ylabel=f'WER on {split} (%)', title=title)
+    axis.set_xticks([100 * f for f in fractions], [f'{f:.0%}' for f in fractions])
   axes[0].legend(fontsize=8)
   figure.tight_layout()
   figure.savefig(path, dpi=100)
