@@ -122,19 +122,49 @@ def test_rematerialisation_keeps_parameters_and_gradients(policy):
     dataclasses.replace(TEXT, remat='some')
 
 
-def test_a_padded_vocabulary_trains_and_decodes_as_the_unpadded_one():
+def lm_batch(tokens: np.ndarray) -> dict:
+  """A text tower's unpacked training batch of `tokens` rows."""
+  rows, length = tokens.shape[0], tokens.shape[1] - 1
+  return {'text_input_tokens': tokens[:, :-1], 'text_target_tokens': tokens[:, 1:],
+          'text_loss_weights': np.ones((rows, length), np.float32),
+          'text_positions': np.tile(np.arange(length), (rows, 1)),
+          'text_segment_ids': np.ones((rows, length), np.int32),
+          'text_interleaved_positions': np.tile(np.arange(length), (rows, 1))}
+
+
+def train_steps(model: models.Model, params, batch, count: int, tx=optax.adam(1e-2)):
+  """(parameters after `count` steps on `batch`, the loss each step reported)."""
+  trainable, frozen = freezing.partition(params, freezing.trainable_mask(params, ()))
+  state = steps.TrainState(jnp.zeros((), jnp.int32), trainable, frozen, tx.init(trainable))
+  step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=tx))
+  reported = []
+  for _ in range(count):
+    state, metrics = step(state, batch)
+    reported.append(float(metrics['loss']))
+  return state.all_params, reported
+
+
+def test_label_smoothing_changes_the_update_not_the_reported_loss():
+  batch = lm_batch(np.asarray(random_tokens(7, (4, 9), TEXT.vocab_size)))
+  plain, smoothed = models.TowerModel(TEXT), models.TowerModel(TEXT, label_smoothing=0.1)
+  params = nn.unbox(plain.init(jax.random.key(0), batch))
+  (plain_params, plain_loss), (params, loss) = (train_steps(plain, params, batch, 1),
+                                                train_steps(smoothed, params, batch, 1))
+  np.testing.assert_allclose(loss, plain_loss, rtol=1e-6)
+  assert not np.allclose(params['lm_head']['kernel'], plain_params['lm_head']['kernel'])
+
+
+@pytest.mark.parametrize('label_smoothing', [0.0, 0.1])
+def test_a_padded_vocabulary_trains_and_decodes_as_the_unpadded_one(label_smoothing):
   """Vocabulary 100 padded to 128 rows: same losses, gradients and updates on the real rows,
   same greedy tokens; sampling hot never emits a padded id."""
   exact = dataclasses.replace(TEXT, vocab_size=100, vocab_multiple=1)
   padded = dataclasses.replace(exact, vocab_multiple=128)
   assert (exact.padded_vocab_size, padded.padded_vocab_size) == (100, 128)
-  models_ = {'exact': models.TowerModel(exact), 'padded': models.TowerModel(padded)}
+  models_ = {name: models.TowerModel(config, label_smoothing=label_smoothing)
+             for name, config in (('exact', exact), ('padded', padded))}
   tokens = np.asarray(random_tokens(7, (4, 9), 100))
-  batch = {'text_input_tokens': tokens[:, :-1], 'text_target_tokens': tokens[:, 1:],
-           'text_loss_weights': np.ones((4, 8), np.float32),
-           'text_positions': np.tile(np.arange(8), (4, 1)),
-           'text_segment_ids': np.ones((4, 8), np.int32),
-           'text_interleaved_positions': np.tile(np.arange(8), (4, 1))}
+  batch = lm_batch(tokens)
   params = {'exact': nn.unbox(models_['exact'].init(jax.random.key(0), batch))}
   # The padded rows hold noise: masking, not zeros, is what keeps them out.
   noise = lambda shape: jax.random.normal(jax.random.key(1), shape)
@@ -145,18 +175,9 @@ def test_a_padded_vocabulary_trains_and_decodes_as_the_unpadded_one():
                               [params['exact']['lm_head']['kernel'], noise((32, 28))], axis=1)})
   real = lambda p: dict(p, embedder={'embedding': p['embedder']['embedding'][:100]},
                         lm_head={'kernel': p['lm_head']['kernel'][:, :100]})
-  tx = optax.adam(1e-2)
   losses_ = {}
   for name, model in models_.items():
-    trainable, frozen = freezing.partition(params[name],
-                                           freezing.trainable_mask(params[name], ()))
-    state = steps.TrainState(jnp.zeros((), jnp.int32), trainable, frozen, tx.init(trainable))
-    step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=tx))
-    losses_[name] = []
-    for _ in range(3):
-      state, metrics = step(state, batch)
-      losses_[name].append(float(metrics['loss']))
-    params[name] = state.all_params
+    params[name], losses_[name] = train_steps(model, params[name], batch, 3)
   np.testing.assert_allclose(losses_['padded'], losses_['exact'], rtol=1e-6)
   jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-4),  # Adam steps are 1e-2
                real(params['padded']), params['exact'])

@@ -4,6 +4,7 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs, init, open_gates, random_tokens
@@ -195,13 +196,19 @@ def test_unknown_input_projection_is_named():
     ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY, input_projection='mlp')
 
 
-def test_per_tower_losses_follow_token_weights():
+def loss_inputs():
+  """Logits, targets and weights of two towers; only three text tokens weighted."""
   rng = np.random.default_rng(0)
   logits = {'text': jnp.asarray(rng.normal(size=(2, 3, 5))),
             'speech': jnp.asarray(rng.normal(size=(2, 4, 7)))}
   targets = {'text': jnp.asarray(rng.integers(0, 5, (2, 3))),
              'speech': jnp.asarray(rng.integers(0, 7, (2, 4)))}
   weights = {'text': jnp.asarray([[1, 1, 0], [1, 0, 0]]), 'speech': jnp.zeros((2, 4))}
+  return logits, targets, weights
+
+
+def test_per_tower_losses_follow_token_weights():
+  logits, targets, weights = loss_inputs()
   total, metrics = losses.zipper_loss(logits, targets, weights)
   log_probs = jax.nn.log_softmax(logits['text'])
   picked = -np.take_along_axis(np.asarray(log_probs), np.asarray(targets['text'])[..., None], -1)
@@ -209,6 +216,25 @@ def test_per_tower_losses_follow_token_weights():
   np.testing.assert_allclose(metrics['text/loss'], expected, rtol=1e-5)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   assert float(metrics['speech/weight']) == 0 and float(metrics['speech/loss']) == 0
+
+
+def test_label_smoothing_changes_the_objective_not_the_reported_loss():
+  logits, targets, weights = loss_inputs()
+  total, metrics = losses.zipper_loss(logits, targets, weights, label_smoothing=0.1)
+  plain_total, plain_metrics = losses.zipper_loss(logits, targets, weights)
+  smoothed = optax.softmax_cross_entropy(
+      logits['text'], optax.smooth_labels(jax.nn.one_hot(targets['text'], 5), 0.1))
+  np.testing.assert_allclose(total, (smoothed * weights['text']).sum() / 3, rtol=1e-5)
+  assert abs(float(total) - float(plain_total)) > 1e-3
+  jax.tree.map(np.testing.assert_array_equal, metrics, plain_metrics)
+  # A padded vocabulary (padded ids at the lowest float, as `Tower.logits` leaves them) smooths
+  # over the real ids only.
+  lowest = jnp.finfo(jnp.float32).min
+  padded = {name: jnp.concatenate([x, jnp.full((*x.shape[:-1], 3), lowest)], axis=-1)
+            for name, x in logits.items()}
+  padded_total, _ = losses.zipper_loss(padded, targets, weights, label_smoothing=0.1,
+                                       vocab_sizes={'text': 5, 'speech': 7})
+  np.testing.assert_allclose(padded_total, total, rtol=1e-5)
 
 
 @pytest.mark.parametrize('interval', [1, 2])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -19,21 +20,40 @@ def weighted_cross_entropy(logits, targets, weights):
       weights.astype(jnp.float32))
 
 
+def weighted_uniform_cross_entropy(logits, weights, vocab_size: int):
+  """Sum of the weighted cross-entropies against a uniform target over the first `vocab_size`
+  ids (logsumexp - their mean logit; padded ids have the lowest float: `Tower.logits`), with no
+  [batch, length, vocab] one-hot."""
+  logits = logits.astype(jnp.float32)
+  uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits[..., :vocab_size], axis=-1)
+  return jnp.sum(uniform * weights.astype(jnp.float32))
+
+
 def zipper_loss(logits: Mapping[str, jnp.ndarray], targets: Mapping[str, jnp.ndarray],
-                weights: Mapping[str, jnp.ndarray]):
-  """Token-weighted mean loss over all towers, and per-tower loss, accuracy and weight.
+                weights: Mapping[str, jnp.ndarray], *, label_smoothing: float = 0.0,
+                vocab_sizes: Mapping[str, int] | None = None):
+  """Token-weighted mean objective over all towers, and per-tower loss, accuracy and weight.
 
   Towers with no weighted tokens in a batch (e.g. the speech tower in an ASR batch) count for
-  nothing; their per-tower loss is reported as 0 with weight 0.
+  nothing; their per-tower loss is reported as 0 with weight 0. `label_smoothing` (t5x's): the
+  objective's targets spread that much probability evenly over each tower's vocabulary
+  (`vocab_sizes`, default the logits' width); the per-tower `loss` stays the cross-entropy of the
+  targets themselves, so that evaluation losses and perplexities mean the same whatever the run
+  trained with.
   """
   metrics, total, total_weight = {}, 0.0, 0.0
   for name in targets:
     loss, weight = weighted_cross_entropy(logits[name], targets[name], weights[name])
+    objective = loss
+    if label_smoothing:
+      vocab_size = (vocab_sizes or {}).get(name, logits[name].shape[-1])
+      objective = ((1 - label_smoothing) * loss + label_smoothing *
+                   weighted_uniform_cross_entropy(logits[name], weights[name], vocab_size))
     hits = (jnp.argmax(logits[name], axis=-1) == targets[name]) * weights[name]
     metrics[f'{name}/loss'] = loss / jnp.maximum(weight, 1e-8)
     metrics[f'{name}/accuracy'] = jnp.sum(hits) / jnp.maximum(weight, 1e-8)
     metrics[f'{name}/weight'] = weight
-    total, total_weight = total + loss, total_weight + weight
+    total, total_weight = total + objective, total_weight + weight
   return total / jnp.maximum(total_weight, 1e-8), metrics
 
 

@@ -27,10 +27,12 @@ from zipper_jax.zipper import Zipper, ZipperConfig
 
 
 class Model:
-  """Base: subclasses set `module`, `towers` (the batch's tower names) and `tower_configs`."""
+  """Base: subclasses set `module`, `towers` (the batch's tower names) and `tower_configs`;
+  `label_smoothing` is the training objective's (`losses.zipper_loss`)."""
   module: nn.Module
   towers: tuple[str, ...]
   tower_configs: Mapping[str, TowerConfig]
+  label_smoothing: float = 0.0
 
   def apply(self, params, inputs: Mapping) -> dict:
     raise NotImplementedError
@@ -52,10 +54,11 @@ class Model:
                           dummy_batch(self.towers, {t: 1 for t in self.towers}, 1))
 
   def loss(self, params, batch):
-    """(token-weighted loss over all towers, per-tower metrics)."""
+    """(the token-weighted objective over all towers, per-tower metrics)."""
     logits = self.apply(params, self.inputs(batch))
     targets, weights = tower_targets(batch, self.towers)
-    return zipper_loss(logits, targets, weights)
+    return zipper_loss(logits, targets, weights, label_smoothing=self.label_smoothing,
+                       vocab_sizes=self.vocab_sizes)
 
   def score_batch(self, params, batch) -> jnp.ndarray:
     """[batch]: each row's log-likelihood of its weighted targets, over all towers (rows of an
@@ -136,8 +139,8 @@ class Model:
 
 class ZipperModel(Model):
 
-  def __init__(self, config: ZipperConfig):
-    self.config = config
+  def __init__(self, config: ZipperConfig, label_smoothing: float = 0.0):
+    self.config, self.label_smoothing = config, label_smoothing
     self.module = Zipper(config)
     self.towers = tuple(config.towers)
     self.tower_configs = dict(config.towers)
@@ -169,8 +172,8 @@ class ZipperModel(Model):
 class TowerModel(Model):
   """One tower alone; its batch features are named after it (e.g. `text_target_tokens`)."""
 
-  def __init__(self, config: TowerConfig, name: str = 'text'):
-    self.name = name
+  def __init__(self, config: TowerConfig, name: str = 'text', label_smoothing: float = 0.0):
+    self.name, self.label_smoothing = name, label_smoothing
     self.module = Tower(config)
     self.towers = (name,)
     self.tower_configs = {name: config}
@@ -208,8 +211,10 @@ class TowerModel(Model):
 class SingleDecoderModel(TowerModel):
   """The paper's baseline, initialised from a pre-trained `text` tower's parameters."""
 
-  def __init__(self, text: TowerConfig, speech_vocab_size: int, name: str = 'single'):
-    super().__init__(baseline.single_decoder_config(text, speech_vocab_size), name)
+  def __init__(self, text: TowerConfig, speech_vocab_size: int, name: str = 'single',
+               label_smoothing: float = 0.0):
+    super().__init__(baseline.single_decoder_config(text, speech_vocab_size), name,
+                     label_smoothing)
     self.text_config, self.speech_vocab_size = text, speech_vocab_size
 
   def params_from_towers(self, rng, batch, tower_params):

@@ -37,9 +37,10 @@ def train_step(state: TrainState, batch, *, model: Model, optimizer: optax.Gradi
   micro = jax.tree.map(lambda x: x.reshape(num_microbatches, -1, *x.shape[1:]), batch)
 
   def weighted_sums(params, microbatch):
-    _, metrics = model.loss(freezing.combine(params, state.frozen), microbatch)
+    """(the microbatch's objective summed over its tokens, its metric sums)."""
+    objective, metrics = model.loss(freezing.combine(params, state.frozen), microbatch)
     sums = losses.metric_sums(metrics)
-    return sum(sums[f'{t}/loss'] for t in model.towers), sums
+    return objective * sum(sums[f'{t}/weight'] for t in model.towers), sums
 
   def accumulate(carry, microbatch):
     (_, sums), grads = jax.value_and_grad(weighted_sums, has_aux=True)(state.params, microbatch)
