@@ -71,6 +71,12 @@ def test_fractions_are_nested(corpus):
   assert texts['asr_1pct'] < texts['asr_10pct'] < texts['asr']
 
 
+def test_speech_lm_trains_on_the_speech_of_both_speech_splits(corpus):
+  speech = [tuple(ex['speech']) for ex in examples('speech_lm')]
+  assert len(speech) == SIZES['speech_only'] + SIZES['aligned']
+  assert {tuple(ex['speech']) for ex in examples('asr')} < set(speech)
+
+
 def test_hosts_read_disjoint_shards_that_cover_the_data(corpus):
   full = [tuple(ex['text']) for ex in examples('asr')]
   shards = [[tuple(ex['text']) for ex in examples('asr', shard=seqio.ShardInfo(i, 2))]
