@@ -32,7 +32,9 @@ def weighted_uniform_cross_entropy(logits, weights, vocab_size: int):
 def zipper_loss(logits: Mapping[str, jnp.ndarray], targets: Mapping[str, jnp.ndarray],
                 weights: Mapping[str, jnp.ndarray], *, label_smoothing: float = 0.0,
                 vocab_sizes: Mapping[str, int] | None = None):
-  """Token-weighted mean objective over all towers, and per-tower loss, accuracy and weight.
+  """The objective summed over all towers' weighted tokens (t5x's, with no normalising factor:
+  callers divide by the tokens' total weight, over all microbatches), and per-tower loss,
+  accuracy and weight.
 
   Towers with no weighted tokens in a batch (e.g. the speech tower in an ASR batch) count for
   nothing; their per-tower loss is reported as 0 with weight 0. `label_smoothing` (t5x's): the
@@ -41,7 +43,7 @@ def zipper_loss(logits: Mapping[str, jnp.ndarray], targets: Mapping[str, jnp.nda
   targets themselves, so that evaluation losses and perplexities mean the same whatever the run
   trained with.
   """
-  metrics, total, total_weight = {}, 0.0, 0.0
+  metrics, total = {}, 0.0
   for name in targets:
     loss, weight = weighted_cross_entropy(logits[name], targets[name], weights[name])
     objective = loss
@@ -53,8 +55,8 @@ def zipper_loss(logits: Mapping[str, jnp.ndarray], targets: Mapping[str, jnp.nda
     metrics[f'{name}/loss'] = loss / jnp.maximum(weight, 1e-8)
     metrics[f'{name}/accuracy'] = jnp.sum(hits) / jnp.maximum(weight, 1e-8)
     metrics[f'{name}/weight'] = weight
-    total, total_weight = total + objective, total_weight + weight
-  return total / jnp.maximum(total_weight, 1e-8), metrics
+    total += objective
+  return total, metrics
 
 
 METRICS = ('loss', 'accuracy', 'weight')

@@ -54,7 +54,7 @@ class Model:
                           dummy_batch(self.towers, {t: 1 for t in self.towers}, 1))
 
   def loss(self, params, batch):
-    """(the token-weighted objective over all towers, per-tower metrics)."""
+    """(the objective summed over all towers' weighted tokens, per-tower metrics)."""
     logits = self.apply(params, self.inputs(batch))
     targets, weights = tower_targets(batch, self.towers)
     return zipper_loss(logits, targets, weights, label_smoothing=self.label_smoothing,

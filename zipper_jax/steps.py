@@ -39,8 +39,7 @@ def train_step(state: TrainState, batch, *, model: Model, optimizer: optax.Gradi
   def weighted_sums(params, microbatch):
     """(the microbatch's objective summed over its tokens, its metric sums)."""
     objective, metrics = model.loss(freezing.combine(params, state.frozen), microbatch)
-    sums = losses.metric_sums(metrics)
-    return objective * sum(sums[f'{t}/weight'] for t in model.towers), sums
+    return objective, losses.metric_sums(metrics)
 
   def accumulate(carry, microbatch):
     (_, sums), grads = jax.value_and_grad(weighted_sums, has_aux=True)(state.params, microbatch)
