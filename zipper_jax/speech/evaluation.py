@@ -44,7 +44,9 @@ class SpeechTextEval:
   per second of clean speech, and some four times that on resynthesised speech.
   `tts_max_length_ratio`: generated speech stops at that many units per token of its text (the
   longest of a batch; `Model.predict_batch`), as ESPnet's TTS `maxlenratio` (10): the corpus has
-  3-6, so only speech that never ends is cut. `corpus_dir`:
+  3-6, so only speech that never ends is cut. `asr_max_length_ratio`: the same for transcripts,
+  in tokens per unit of speech (ESPnet's ASR default: as long as its input); the embedded corpus
+  has at most 0.5. `corpus_dir`:
   where the original audio is (default: the folder the tasks read). `reference_dir`: where the
   protocol's floor and ceiling are kept (default MODEL_DIR/eval)."""
 
@@ -53,6 +55,7 @@ class SpeechTextEval:
                text_tower_dir: str | None = None, splits: Sequence[str] = SPLITS,
                beam_size: int = 4, asr_utterances: int | None = None,
                tts_utterances: int | None = 32, tts_max_length_ratio: float | None = 10.0,
+               asr_max_length_ratio: float | None = 1.0,
                batch_size: int = 16,
                perplexity_batches: int | None = None, judge_workers: int = 2,
                corpus_dir: str | None = None, reference_dir: str | None = None):
@@ -61,6 +64,7 @@ class SpeechTextEval:
     self.text_tower_dir, self.splits, self.beam_size = text_tower_dir, tuple(splits), beam_size
     self.asr_utterances, self.tts_utterances = asr_utterances, tts_utterances
     self.tts_max_length_ratio = tts_max_length_ratio
+    self.asr_max_length_ratio = asr_max_length_ratio
     self.batch_size, self.perplexity_batches = batch_size, perplexity_batches
     self.judge_workers = judge_workers
     self.corpus_dir, self.reference_dir = corpus_dir, reference_dir
@@ -93,7 +97,7 @@ class SpeechTextEval:
     result = {'beam_size': self.beam_size}
     for name, beam_size in (('greedy', 1), ('beam', self.beam_size))[:1 + (self.beam_size > 1)]:
       examples = self._predict(system, task, split, system.text_tower, self.asr_utterances,
-                               beam_size=beam_size)
+                               beam_size=beam_size, max_length_ratio=self.asr_max_length_ratio)
       references = [system.text_of(e['target']) for e in examples]
       hypotheses = [system.text_of(e['prediction']) for e in examples]
       result['utterances'] = len(examples)
