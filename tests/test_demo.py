@@ -9,6 +9,7 @@ import pytest
 
 from conftest import FAST_COMPILE
 from zipper_jax.run_dir import RunDir
+from zipper_jax.speech import paper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 100 aligned pairs: the paper's 1% is one of them.
@@ -53,10 +54,10 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
   (recordings / 'transcription').write_text('<s> some words </s> (clip-1)\n')
   out = run('zipper_jax.speech.paper', f'--workdir={tmp_path}', f'--out={tmp_path / "paper"}',
             f'--corpus_size={json.dumps(MICRO)}', '--steps=3', '--batch_size=4',
-            '--tts_utterances=0', f'--real_speech_dir={recordings}')
+            '--tts_utterances=0', f'--real_speech_dir={recordings}', '--aligned_fractions=1,0.01')
   assert out.count(': reused') == 7  # corpus, two towers, two runs, two evaluations
   results = json.loads((tmp_path / 'paper' / 'results.json').read_text())
-  assert len(results['runs']) == 9
+  assert len(results['runs']) == 6  # three systems on 100% and 1% of the aligned pairs
   for row, result in results['runs'].items():
     assert RunDir(str(tmp_path / row)).latest_step() == 3, row
     assert 'test_clean/asr_beam/wer' in result['figures'], row
@@ -69,4 +70,13 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
   assert results['provenance']['commit'] and results['provenance']['machine']['cpus']
   table = (tmp_path / 'paper' / 'results.md').read_text()
   assert '## 1% of the aligned pairs' in table and '| (c) With 1%' in table
+  assert '## 10% of the aligned pairs' not in table
   assert os.path.getsize(tmp_path / 'paper' / 'aligned_data.png') > 0
+
+
+@pytest.mark.parametrize('fractions', ['0.1,0.01', '1', '1,0.5', '1,a'])
+def test_a_grid_without_100_and_a_smaller_size_is_refused(fractions, capsys):
+  with pytest.raises(SystemExit) as exit:
+    paper.main([f'--aligned_fractions={fractions}'])
+  assert exit.value.code == 2
+  assert 'argument --aligned_fractions:' in capsys.readouterr().err

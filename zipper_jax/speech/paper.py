@@ -3,7 +3,8 @@ verdict beside each of its claims (`claims`).
 
   1. the corpus, and a text and a speech tower pre-trained once: every row zips the same towers
   2. for each aligned-data size (100%, 10%, 1% of the aligned pairs: nested prefixes of one
-     seeded order), three systems on the `asr_tts` mixture of that size:
+     seeded order; `--aligned_fractions` picks fewer), three systems on the `asr_tts` mixture
+     of that size:
        Zipper (text frozen)   the text tower frozen, the speech tower trainable
        Zipper (both frozen)   only cross-attention, its projections and gates train
        Single Decoder         the text tower grown to speech tokens, everything trainable
@@ -66,6 +67,7 @@ class Scale:
   steps: Mapping[str, int | None] = dataclasses.field(default_factory=dict)
   batch_size: int | None = None
   tts_utterances: int = 8
+  aligned_fractions: tuple[float, ...] = tuple(FRACTIONS)  # 1.0 and at least one smaller
 
 
 SCALES = {
@@ -93,12 +95,12 @@ def train_grid(workdir: str, scale: Scale, text_vocab_size: int) -> tuple[str, d
                                 shapes)
             for tower in ('text', 'speech')}
   runs = {}
-  for fraction, suffix in FRACTIONS.items():
+  for fraction in scale.aligned_fractions:
     for name, system in SYSTEMS.items():
       stages.say(f'   {system.label} on {fraction:.0%} of the aligned pairs')
       runs[run_name(name, fraction)] = stages.train(
           workdir, run_name(name, fraction), system.experiment, common | {
-              'MIXTURE_OR_TASK_NAME': f'{system.mixture_prefix}asr_tts{suffix}',
+              'MIXTURE_OR_TASK_NAME': f'{system.mixture_prefix}asr_tts{FRACTIONS[fraction]}',
               'INIT_CHECKPOINTS': {tower: towers[tower] for tower in system.init},
               'TRAIN_STEPS': scale.steps.get(name)}, shapes)
   return towers['text'], runs
@@ -115,13 +117,15 @@ def transcribe_recordings(model_dir: str, clips_dir: str, beam_size: int = 4) ->
                       for r, h in zip(references[:3], transcripts[:3])]}
 
 
-def judge_claims(evals: Mapping[str, Mapping[str, Any]], split: str = 'test_clean') -> list[dict]:
-  """The verdicts (a)-(d) on the rows' evaluations ({row: {split or 'text_perplexity': ...}})."""
+def judge_claims(evals: Mapping[str, Mapping[str, Any]], low_fraction: float,
+                 split: str = 'test_clean') -> list[dict]:
+  """The verdicts (a)-(d) on the rows' evaluations ({row: {split or 'text_perplexity': ...}});
+  (c) on the rows of `low_fraction` of the aligned pairs."""
   zipper, single = evals['zipper'][split], evals['single_decoder'][split]
   verdicts = [claims.asr_parity(zipper, single)]
   if 'tts' in zipper and 'tts' in single:
     verdicts.append(claims.tts_gain(zipper, single))
-  low = run_name('zipper', min(FRACTIONS)), run_name('single_decoder', min(FRACTIONS))
+  low = run_name('zipper', low_fraction), run_name('single_decoder', low_fraction)
   verdicts.append(claims.low_resource_asr(evals[low[0]][split], evals[low[1]][split]))
   verdicts.append(claims.text_preserved({
       row: result['text_perplexity'] for row, result in evals.items()
@@ -142,6 +146,20 @@ def provenance() -> dict[str, Any]:
           'machine': {'platform': platform.platform(), 'processor': platform.machine(),
                       'cpus': os.cpu_count(), 'memory_gib': round(memory_kib / 2**20, 1),
                       'devices': [d.device_kind for d in jax.devices()]}}
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+  """--aligned_fractions: sizes with registered mixtures, 1 among them (claims a, b and d) and
+  a smaller one (claim c), largest first."""
+  try:
+    fractions = sorted({float(f) for f in text.split(',')}, reverse=True)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'not comma-separated numbers: {text!r}') from None
+  if not set(fractions) <= set(FRACTIONS) or 1.0 not in fractions or len(fractions) < 2:
+    raise argparse.ArgumentTypeError(
+        f'{text!r}: give 1 and one or more of {sorted(FRACTIONS)[:-1]} (the sizes with '
+        'registered mixtures, tasks/speech_text.py)')
+  return tuple(fractions)
 
 
 def _percent(x: float) -> str:
@@ -169,7 +187,7 @@ def markdown(results: Mapping[str, Any]) -> str:
   lines += ['', 'Intervals: paired bootstrap over test utterances '
             f'({claims.RESAMPLES} draws); reproduced when the whole interval supports the claim, '
             'not reproduced when the whole interval contradicts it.', '']
-  for fraction in FRACTIONS:
+  for fraction in results['scale']['aligned_fractions']:
     rows = {SYSTEMS[name].label: results['runs'][run_name(name, fraction)]['figures']
             for name in SYSTEMS}
     lines += [f'## {fraction:.0%} of the aligned pairs', '', evaluation.format_table(rows), '']
@@ -189,7 +207,7 @@ def plot_aligned_data(results: Mapping[str, Any], path: str, split: str = 'test_
   """ASR (beam) and TTS WER against the aligned data, one line per system."""
   plt = report._pyplot()
   figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-  fractions = sorted(FRACTIONS)
+  fractions = sorted(results['scale']['aligned_fractions'])
   for axis, (title, key) in zip(axes, (('ASR, beam search', 'asr_beam/wer'),
                                        ('TTS (judge)', 'tts/wer'))):
     for name, system in SYSTEMS.items():
@@ -225,6 +243,9 @@ def main(argv=None) -> None:
   parser.add_argument('--batch_size', type=int, help='override every run\'s packed rows a step')
   parser.add_argument('--asr_utterances', type=int, help='of each test split (default: all)')
   parser.add_argument('--tts_utterances', type=int, help='of each test split (0: no TTS)')
+  parser.add_argument('--aligned_fractions', type=_fractions, default=tuple(FRACTIONS),
+                      help='the aligned-data sizes of the grid: 1 and one or more of '
+                           f'{", ".join(map(str, sorted(FRACTIONS)[:-1]))} (comma-separated)')
   parser.add_argument('--real_speech_dir', default=REAL_SPEECH_DIR,
                       help='recorded speech to transcribe: WAVs and a Sphinx `transcription`')
   args = parser.parse_args(argv)
@@ -235,7 +256,8 @@ def main(argv=None) -> None:
   scale = dataclasses.replace(scale, corpus=args.corpus_size or scale.corpus,
                               batch_size=args.batch_size or scale.batch_size,
                               tts_utterances=scale.tts_utterances if args.tts_utterances is None
-                              else args.tts_utterances)
+                              else args.tts_utterances,
+                              aligned_fractions=args.aligned_fractions)
   start = time.perf_counter()
   stages.say(f'== 1/4 the corpus ({scale.corpus}) in {os.path.join(args.workdir, "corpus")}')
   _, text_vocab_size = stages.prepare_corpus(args.workdir, scale.corpus)
@@ -263,12 +285,12 @@ def main(argv=None) -> None:
                            *(sys.argv[1:] if argv is None else argv)]),
       'provenance': provenance(), 'scale': dataclasses.asdict(scale),
       'minutes_this_invocation': (time.perf_counter() - start) / 60,
-      'claims': judge_claims(evals), 'real_speech': real_speech,
+      'claims': judge_claims(evals, min(scale.aligned_fractions)), 'real_speech': real_speech,
       'runs': {run_name(name, fraction): {
           'system': system.label, 'aligned_fraction': fraction,
           'run': os.path.abspath(runs[run_name(name, fraction)]),
           'figures': evaluation.load_results(runs[run_name(name, fraction)])}
-               for fraction in FRACTIONS for name, system in SYSTEMS.items()}}
+               for fraction in scale.aligned_fractions for name, system in SYSTEMS.items()}}
   os.makedirs(args.out, exist_ok=True)
   atomic_files.write_json(os.path.join(args.out, 'results.json'), results)
   plot_aligned_data(results, os.path.join(args.out, 'aligned_data.png'))
