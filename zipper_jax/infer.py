@@ -15,7 +15,7 @@ import argparse
 import functools
 import importlib
 import json
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -64,8 +64,17 @@ def predict_task(model: Model, params, task: str, split: str, *, output: str,
   """Per example: 'prompt' ({tower: ids} of the towers it was given: their target tokens),
   'target' (`output`'s weighted target ids) and 'prediction' (ids, end token dropped).
   `decode`: what `Model.predict_batch` takes (beam_size, temperature, prompt_towers, ...)."""
+  return predict_batches(model, params, task_batches(model, task, split, lengths, batch_size,
+                                                     max_examples),
+                         output=output, eos_id=eos_id, **decode)
+
+
+def predict_batches(model: Model, params, batches: Iterable[tuple[dict, int]], *, output: str,
+                    eos_id: int | None = None, **decode) -> list[dict]:
+  """`predict_task` over batches already read (`task_batches`): a split read once can be
+  decoded several ways."""
   examples = []
-  for batch, rows in task_batches(model, task, split, lengths, batch_size, max_examples):
+  for batch, rows in batches:
     stop = end_id(batch, output, rows) if eos_id is None else eos_id
     generated = jax.device_get(model.predict_batch(params, batch, output=output, eos_id=stop,
                                                    **decode))

@@ -87,17 +87,14 @@ class SpeechTextEval:
         {model.__class__.__name__: flat}, self.splits), flush=True)
     return flat
 
-  def _predict(self, system: SpeechText, task: str, split: str, output: str, examples,
-               **decode) -> list[dict]:
-    return infer.predict_task(system.model, system.params, task, split, output=output,
-                              lengths=self.lengths, batch_size=self.batch_size,
-                              max_examples=examples, **decode)
-
   def _asr(self, system: SpeechText, task: str, split: str) -> dict:
     result = {'beam_size': self.beam_size}
+    batches = list(infer.task_batches(system.model, task, split, self.lengths, self.batch_size,
+                                      self.asr_utterances))  # read once, decoded both ways
     for name, beam_size in (('greedy', 1), ('beam', self.beam_size))[:1 + (self.beam_size > 1)]:
-      examples = self._predict(system, task, split, system.text_tower, self.asr_utterances,
-                               beam_size=beam_size, max_length_ratio=self.asr_max_length_ratio)
+      examples = infer.predict_batches(system.model, system.params, batches,
+                                       output=system.text_tower, beam_size=beam_size,
+                                       max_length_ratio=self.asr_max_length_ratio)
       references = [system.text_of(e['target']) for e in examples]
       hypotheses = [system.text_of(e['prediction']) for e in examples]
       result['utterances'] = len(examples)
@@ -109,8 +106,10 @@ class SpeechTextEval:
 
   def _tts(self, system: SpeechText, task: str, split: str) -> dict:
     """The model's judged WER, and the protocol's floor and ceiling on the same sentences."""
-    examples = self._predict(system, task, split, system.speech_tower, self.tts_utterances,
-                             max_length_ratio=self.tts_max_length_ratio)
+    examples = infer.predict_task(system.model, system.params, task, split,
+                                  output=system.speech_tower, lengths=self.lengths,
+                                  batch_size=self.batch_size, max_examples=self.tts_utterances,
+                                  max_length_ratio=self.tts_max_length_ratio)
     texts = [system.text_of(e['prompt'][system.text_tower]) for e in examples]
     resynthesizer = system.speech.resynthesizer_path
     heard = tts_protocol.judge_units(resynthesizer, [system.units_of(e['prediction'])
