@@ -108,10 +108,12 @@ def test_splash_and_cudnn_compile_into_the_train_step(topology, kernel):
   would not be), and its temporaries grow less than the square of the length. (The Zipper's
   step compiles splash for v5e:2x2 in the fit-table test above.)"""
   done = subprocess.run(
-      [sys.executable, 'benchmarks/attention.py', f'--topology={topology}', '--lengths=128,512',
+      [sys.executable, 'benchmarks/attention.py', f'--topology={topology}', '--lengths=128,256',
        '--asr_lengths='], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-2000:]
   results = json.loads(done.stdout)
   for result in results[kernel].values():
     assert result['kernel_in_program'] and result['temp_bytes'] > 0, result
-  assert results[kernel]['512']['temp_bytes'] < 16 * results[kernel]['128']['temp_bytes']
+  # Twice the length: a quadratic kernel's temporaries would grow four times (measured: 1.5x
+  # splash, 1.2x cuDNN).
+  assert results[kernel]['256']['temp_bytes'] < 4 * results[kernel]['128']['temp_bytes']

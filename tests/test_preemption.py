@@ -17,7 +17,7 @@ from synthetic_tasks import experiment_gin
 from zipper_jax import checkpoints, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROCESSES = 3
+PROCESSES = 2
 
 
 def experiment(directory, steps):
@@ -27,7 +27,7 @@ def experiment(directory, steps):
 
 
 def launch(directory, steps):
-  """Three processes of one device each, training the experiment in `directory`."""
+  """Two processes of one device each, training the experiment in `directory`."""
   env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'))
   return subprocess.Popen(
       [sys.executable, '-u', 'launch/local.py', f'--num_processes={PROCESSES}',

@@ -98,8 +98,8 @@ def test_scanned_blocks_equal_unrolled_ones(remat):
   unrolled = dataclasses.replace(scanned, scan_layers=False)
   params = init(Tower(scanned), inputs)
   assert jax.tree.structure(init(Tower(unrolled), inputs)) == jax.tree.structure(params)
-  loss = lambda c: jax.value_and_grad(
-      lambda p: jnp.sin(Tower(c).apply({'params': p}, inputs)[0]).sum())(params)
+  loss = lambda c: jax.jit(jax.value_and_grad(
+      lambda p: jnp.sin(Tower(c).apply({'params': p}, inputs)[0]).sum()))(params)
   (value, grads), (reference, reference_grads) = loss(scanned), loss(unrolled)
   np.testing.assert_allclose(value, reference, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, reference_grads)
@@ -115,7 +115,8 @@ def test_rematerialisation_keeps_parameters_and_gradients(policy):
   params = init(Tower(TEXT), inputs)
   remat = Tower(dataclasses.replace(TEXT, remat=policy))
   assert jax.tree.structure(init(remat, inputs)) == jax.tree.structure(params)
-  loss = lambda model: jax.grad(lambda p: model.apply({'params': p}, inputs)[0].mean())(params)
+  loss = lambda model: jax.jit(jax.grad(
+      lambda p: model.apply({'params': p}, inputs)[0].mean()))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                loss(remat), loss(Tower(TEXT)))
   with pytest.raises(ValueError, match='remat'):

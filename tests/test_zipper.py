@@ -250,8 +250,8 @@ def test_scanned_stages_equal_the_unrolled_zipper(interval):
   assert scanned.schedule.stages == 2 and scanned.schedule.blocks == {'text': 2, 'speech': 3}
   inputs = asr_inputs()
   params = open_gates(init(Zipper(scanned), inputs))
-  loss = lambda config: jax.value_and_grad(lambda p: sum(
-      jnp.sin(l).sum() for l in Zipper(config).apply({'params': p}, inputs)[0].values()))(params)
+  loss = lambda config: jax.jit(jax.value_and_grad(lambda p: sum(
+      jnp.sin(l).sum() for l in Zipper(config).apply({'params': p}, inputs)[0].values())))(params)
   (value, grads), (reference, reference_grads) = loss(scanned), loss(unrolled)
   np.testing.assert_allclose(value, reference, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, reference_grads)
