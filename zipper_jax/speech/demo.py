@@ -47,6 +47,10 @@ def main(argv=None) -> None:
                       help='of each test split (default: all)')
   parser.add_argument('--tts_utterances', type=int, default=8,
                       help='of each test split; the judge takes ~0.5 s three times for each')
+  parser.add_argument('--tts_max_length_ratio', type=float,
+                      help='generated speech stops at this many units per token of its text '
+                           '(default 10; the corpus has 3-6): an untrained model\'s speech runs '
+                           'to it, and the judge takes some 2 s per second of it')
   args = parser.parse_args(argv)
   start = time.perf_counter()
   say = stages.say
@@ -71,7 +75,8 @@ def main(argv=None) -> None:
   for model_dir, tasks in ((zipped, ['asr', 'tts']), (single, ['single_asr', 'single_tts'])):
     stages.evaluate(model_dir, tasks, text, asr_utterances=args.asr_utterances,
                     tts_utterances=args.tts_utterances, batch_size=args.batch_size or 8,
-                    reference_dir=os.path.join(args.workdir, 'tts_reference'))
+                    reference_dir=os.path.join(args.workdir, 'tts_reference'),
+                    tts_max_length_ratio=args.tts_max_length_ratio)
 
   say('== 6/6 the table, and a report with plots')
   say(evaluation.format_table({'Zipper (text frozen)': evaluation.load_results(zipped),

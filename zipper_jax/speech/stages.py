@@ -58,8 +58,9 @@ def train(workdir: str, name: str, experiment: str, bindings: Mapping[str, Any],
 
 def evaluate(model_dir: str, tasks: Sequence[str], text_tower: str, *,
              asr_utterances: int | None, tts_utterances: int, batch_size: int,
-             reference_dir: str) -> None:
-  """`zipper eval` of the run's newest checkpoint (gin/runs/eval_speech_text.gin), unless done."""
+             reference_dir: str, tts_max_length_ratio: float | None = None) -> None:
+  """`zipper eval` of the run's newest checkpoint (gin/runs/eval_speech_text.gin), unless done;
+  `tts_max_length_ratio` None: the evaluation's own."""
   run = RunDir(model_dir)
   # Each split's file, then text perplexity, is written as it is done: a stopped evaluation
   # leaves some of them, or those of an older step.
@@ -72,4 +73,6 @@ def evaluate(model_dir: str, tasks: Sequence[str], text_tower: str, *,
            f'--gin.SpeechTextEval.tts_utterances={tts_utterances}',
            f'--gin.SpeechTextEval.asr_utterances={asr_utterances}',
            f'--gin.BATCH_SIZE={batch_size}',
-           f'--gin.SpeechTextEval.reference_dir={reference_dir!r}'])
+           f'--gin.SpeechTextEval.reference_dir={reference_dir!r}',
+           *([f'--gin.SpeechTextEval.tts_max_length_ratio={tts_max_length_ratio}']
+             if tts_max_length_ratio is not None else [])])
