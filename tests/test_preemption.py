@@ -1,5 +1,6 @@
-"""Preemption of a multi-process run: every process stops at one agreed step, saves once together
-and exits 0, whether SIGTERM reaches all of them or one; resumed, the run equals one never
+"""Preemption of a multi-process run (two processes of four devices each, as two hosts): every
+process stops at one agreed step, saves once together and exits 0, whether SIGTERM reaches all of
+them or one; resumed by a new pair of processes, the run equals one process that was never
 stopped."""
 import os
 import re
@@ -17,21 +18,21 @@ from synthetic_tasks import experiment_gin
 from zipper_jax import checkpoints, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROCESSES = 2
+PROCESSES, DEVICES_PER_PROCESS = 2, 4
 
 
 def experiment(directory, steps):
-  return experiment_gin(directory, steps, 12, 'learning_rate_schedule.total_steps = 10',
+  return experiment_gin(directory, steps, 16, 'learning_rate_schedule.total_steps = 10',
                         'learning_rate_schedule.warmup_steps = 2', 'train.log_every = 1',
                         "train.host_sharding = 'global_batch'", 'train.checkpoint_every = 1000')
 
 
 def launch(directory, steps):
-  """Two processes of one device each, training the experiment in `directory`."""
+  """Two processes of four devices each, training the experiment in `directory`."""
   env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'))
   return subprocess.Popen(
       [sys.executable, '-u', 'launch/local.py', f'--num_processes={PROCESSES}',
-       '--devices_per_process=1', '--', '-u', '-m', 'zipper_jax.main', 'train',
+       f'--devices_per_process={DEVICES_PER_PROCESS}', '--', '-u', '-m', 'zipper_jax.main', 'train',
        f'--gin_file={experiment(directory, steps)}'],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -78,7 +79,7 @@ def test_preempted_processes_save_one_agreed_step_and_resume_like_one_run(tmp_pa
   gin.clear_config(clear_constants=True)
   try:
     main.main(['train', f'--gin_file={experiment(tmp_path / "straight", target)}',
-               f'--gin.Partitioner.num_devices={PROCESSES}'])
+               f'--gin.Partitioner.num_devices={PROCESSES * DEVICES_PER_PROCESS}'])
   finally:
     gin.clear_config(clear_constants=True)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),

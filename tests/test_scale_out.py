@@ -16,7 +16,7 @@ import pytest
 
 import synthetic_tasks  # noqa: F401 -- registers the toy tasks
 from conftest import SPEECH, TEXT, TWO_WAY, asr_inputs, zipper_error
-from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB, experiment_gin
+from synthetic_tasks import LENGTHS, SPEECH_VOCAB, TEXT_VOCAB
 from zipper_jax import batch, checkpoints, decoding, main, models, optimizer, partitioning, train
 from zipper_jax.layers import KVCache
 from zipper_jax.zipper import ZipperConfig
@@ -72,31 +72,6 @@ def test_layout_is_printed_for_a_pod_without_one(capsys):
   # [12, 768, 2048] float32 split 1 x 64 x 4: 12 x 12 x 512 x 4 bytes on each device.
   assert "('layers', 'embed', 'mlp')" in row and "(None, 'fsdp', 'tensor')" in row
   assert row.endswith('294,912')
-
-
-def experiment(directory, steps):
-  return experiment_gin(directory, steps, 16, 'learning_rate_schedule.total_steps = 10',
-                        'learning_rate_schedule.warmup_steps = 2',
-                        "train.host_sharding = 'global_batch'", 'train.checkpoint_every = 5')
-
-
-@pytest.mark.slow
-def test_two_processes_train_and_resume_like_one(tmp_path):
-  env = dict(os.environ, PYTHONPATH=os.path.join(REPO, 'tests'))
-  launch = lambda steps: subprocess.run(
-      [sys.executable, 'launch/local.py', '--num_processes=2', '--devices_per_process=4', '--',
-       '-m', 'zipper_jax.main', 'train', f'--gin_file={experiment(tmp_path / "two", steps)}'],
-      cwd=REPO, env=env, check=True, timeout=400)
-  launch(5)
-  launch(10)  # a new pair of processes resumes from step 5
-  gin.clear_config(clear_constants=True)
-  try:
-    main.main(['train', f'--gin_file={experiment(tmp_path / "one", 10)}'])
-  finally:
-    gin.clear_config(clear_constants=True)
-  two = checkpoints.load_params(str(tmp_path / 'two' / 'run'))
-  one = checkpoints.load_params(str(tmp_path / 'one' / 'run'))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), two, one)
 
 
 def test_decode_caches_follow_the_rules_and_decoding_is_unchanged(two_way_zipper):
