@@ -37,6 +37,17 @@ def run(model_dir, steps, model=ZIPPER, task='toy_asr', **overrides):
   return train.train(model, **(kwargs | overrides))
 
 
+@pytest.fixture(scope='module')
+def ten_steps(tmp_path_factory):
+  """A run trained for 10 steps (checkpoints 5 and 10) and its state; tests take copies."""
+  model_dir = tmp_path_factory.mktemp('ten_steps')
+  return model_dir, run(model_dir, 10)
+
+
+def copy_of(ten_steps, tmp_path):
+  return shutil.copytree(ten_steps[0], tmp_path / 'run')
+
+
 def fresh_params(model, seed=0):
   example = batch.dummy_batch(model.towers, LENGTHS, 16)
   return nn.unbox(jax.jit(model.init)(jax.random.key(seed), example))
@@ -60,8 +71,8 @@ def test_training_learns_and_leaves_the_frozen_tower_alone(tmp_path):
 
 
 @pytest.mark.parametrize('position', ['saved', 'lost'])
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, position):
-  straight = run(tmp_path / 'straight', 10)
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, position, ten_steps):
+  _, straight = ten_steps
   run(tmp_path / 'resumed', 5)
   if position == 'lost':  # e.g. saved by another number of processes: read through instead
     shutil.rmtree(tmp_path / 'resumed' / 'data_state')
@@ -76,29 +87,31 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, pos
 
 
 @pytest.mark.parametrize('damage', ['a folder removed', 'a file corrupt'])
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, damage):
-  run(tmp_path, 10)
-  step = tmp_path / 'checkpoints' / '10'
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog, damage,
+                                                               ten_steps):
+  model_dir = copy_of(ten_steps, tmp_path)
+  step = model_dir / 'checkpoints' / '10'
   if damage == 'a folder removed':
     shutil.rmtree(step / 'params')
   else:
     for manifest in (step / 'params').rglob('manifest.ocdbt'):
       manifest.write_bytes(b'garbage')
   with caplog.at_level(logging.WARNING):
-    state = run(tmp_path, 5)  # nothing left to do once step 5 is restored
+    state = run(model_dir, 5)  # nothing left to do once step 5 is restored
   assert int(state.step) == 5
   assert 'checkpoint step 10' in caplog.text and 'damaged' in caplog.text
 
 
-def test_a_checkpoint_of_other_shapes_stops_the_run_instead_of_starting_over(tmp_path):
-  run(tmp_path, 5)
+def test_a_checkpoint_of_other_shapes_stops_the_run_instead_of_starting_over(tmp_path,
+                                                                            ten_steps):
+  model_dir = copy_of(ten_steps, tmp_path)
   wider = models.ZipperModel(ZipperConfig(
       {**TOWERS, 'speech': dataclasses.replace(TOWERS['speech'], mlp_dim=56)}, TWO_WAY))
   with pytest.raises(checkpoints.CheckpointError,
-                     match=r'the params of checkpoint step 5 does not match the model: .*'
+                     match=r'the params of checkpoint step 10 does not match the model: .*'
                            r'mlp/down/kernel: shape \(3, 48, 24\), model expects \(3, 56, 24\)'):
-    run(tmp_path, 10, model=wider)
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['5']
+    run(model_dir, 15, model=wider)
+  assert sorted(os.listdir(model_dir / 'checkpoints')) == ['10', '5']
 
 
 def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_one_before(tmp_path, monkeypatch):
@@ -134,11 +147,11 @@ def test_a_token_id_outside_its_vocabulary_stops_the_run_before_any_step(
     train.evaluate(ZIPPER, fresh_params(ZIPPER), task, LENGTHS, 16, partitioner=ONE_DEVICE)
 
 
-def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-  run(tmp_path, 5)
-  with pytest.raises(FloatingPointError, match=r'at step \d+.*last good checkpoint is step 5'):
-    run(tmp_path, 30, learning_rate=optax.constant_schedule(1e30))
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['5']
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, ten_steps):
+  model_dir = copy_of(ten_steps, tmp_path)
+  with pytest.raises(FloatingPointError, match=r'at step \d+.*last good checkpoint is step 10'):
+    run(model_dir, 30, learning_rate=optax.constant_schedule(1e30))
+  assert sorted(os.listdir(model_dir / 'checkpoints')) == ['10', '5']
 
 
 def test_gradient_accumulation_matches_one_batch(tmp_path):
