@@ -9,6 +9,13 @@ import shutil
 import tempfile
 from typing import Iterator
 
+# What `open` and `os.mkdir` would leave: mkstemp and mkdtemp make their files private (0600,
+# 0700), and a run's files must stay readable by whoever reads its folder (TensorBoard, a
+# teammate, another host's job). Read once: the process's umask can only be read by setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE, DIRECTORY_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_file(path: str) -> Iterator[str]:
@@ -21,6 +28,7 @@ def atomic_file(path: str) -> Iterator[str]:
   os.close(fd)
   try:
     yield partial
+    os.chmod(partial, FILE_MODE)
     os.replace(partial, path)
   finally:
     if os.path.exists(partial):
@@ -36,6 +44,7 @@ def atomic_directory(path: str) -> Iterator[str]:
   partial = tempfile.mkdtemp(prefix='.partial-', dir=parent)
   try:
     yield partial
+    os.chmod(partial, DIRECTORY_MODE)
     if os.path.exists(path):
       shutil.rmtree(path)
     os.replace(partial, path)
