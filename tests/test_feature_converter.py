@@ -54,6 +54,23 @@ def test_too_long_an_example_is_named_unless_truncated():
   np.testing.assert_array_equal(rows[0]['speech_target_tokens'], [5, 6, 7])
 
 
+@pytest.mark.parametrize('pack', [False, True])
+def test_every_output_feature_has_its_length_in_its_static_shape(pack):
+  converter = ZipperFeatureConverter(['speech', 'text'], pack=pack)
+  spec = converter(asr_dataset(), {'speech': 8, 'text': 6}).element_spec
+  assert {name: s.shape.as_list() for name, s in spec.items()} == {
+      f'{tower}_{suffix}': [length] for tower, length in (('speech', 8), ('text', 6))
+      for suffix in ('input_tokens', 'target_tokens', 'loss_weights', 'positions',
+                     'segment_ids', 'interleaved_positions')}
+
+  class Unpadded(ZipperFeatureConverter):
+    def _convert_features(self, ds, task_feature_lengths):
+      return ds.map(self._model_features)
+
+  with pytest.raises(ValueError, match=r"'speech_input_tokens' has shape \(None,\)"):
+    Unpadded(['speech', 'text'])(asr_dataset(), {'speech': 8, 'text': 6})
+
+
 def test_packed_examples_never_see_each_other(two_way_zipper):
   """Each packed example's logits equal those of the example run on its own."""
   model, params = two_way_zipper
