@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from conftest import SPEECH, TEXT, init, random_tokens
-from zipper_jax import baseline, decoding
+from zipper_jax import baseline, decoding, models
 from zipper_jax.inputs import TowerInput
 from zipper_jax.tower import Tower
+from zipper_jax.zipper import ZipperConfig
 
 NEW = 6
 
@@ -36,6 +37,26 @@ def test_cached_zipper_decoding_matches_recomputation(request, zipper, output, p
   np.testing.assert_array_equal(cached.tokens, tokens)
   np.testing.assert_allclose(cached.logits, logits, atol=1e-4)
   assert len(set(np.asarray(tokens).ravel().tolist())) > 1  # not a degenerate constant output
+
+
+def test_equal_models_share_their_compiled_decoding(clocked_zipper):
+  """Models built apart from equal configs (a driver evaluating several runs of one shape)
+  trace and compile decoding once."""
+  module, params = clocked_zipper
+  config = module.config
+  first = models.ZipperModel(config)
+  second = models.ZipperModel(ZipperConfig(dict(reversed(config.towers.items())), config.edges,
+                                           cross_attention_clock={'speech': 1.0, 'text': 3.0}))
+  assert first == second and hash(first) == hash(second)
+  assert first != models.ZipperModel(config, label_smoothing=0.1)
+  assert first != models.ZipperModel(ZipperConfig(config.towers, config.edges))  # no clock
+  assert models.TowerModel(TEXT) == models.TowerModel(TEXT) != models.TowerModel(TEXT, 'speech')
+  assert models.SingleDecoderModel(TEXT, 48) != models.SingleDecoderModel(TEXT, 40)
+  first.predict(params, asr_prompt(), output='text', eos_id=None, max_new_tokens=NEW)
+  compiled = decoding.generate._cache_size()
+  second.predict(params, asr_prompt(), output='text', eos_id=None, max_new_tokens=NEW)
+  assert decoding.generate._cache_size() == compiled
+  assert first.decoder('text') is second.decoder('text')
 
 
 @pytest.fixture(scope='module')

@@ -28,11 +28,24 @@ from zipper_jax.zipper import Zipper, ZipperConfig
 
 class Model:
   """Base: subclasses set `module`, `towers` (the batch's tower names) and `tower_configs`;
-  `label_smoothing` is the training objective's (`losses.zipper_loss`)."""
+  `label_smoothing` is the training objective's (`losses.zipper_loss`).
+
+  Models built from equal arguments are equal (`_arguments`): the compiled steps and decoders
+  cached per model serve every such instance, e.g. each run of one shape that a driver evaluates.
+  """
   module: nn.Module
   towers: tuple[str, ...]
   tower_configs: Mapping[str, TowerConfig]
   label_smoothing: float = 0.0
+
+  def _arguments(self) -> tuple:
+    raise NotImplementedError
+
+  def __eq__(self, other):
+    return type(self) is type(other) and self._arguments() == other._arguments()
+
+  def __hash__(self):
+    return hash((type(self), self._arguments()))
 
   def apply(self, params, inputs: Mapping) -> dict:
     raise NotImplementedError
@@ -145,6 +158,9 @@ class ZipperModel(Model):
     self.towers = tuple(config.towers)
     self.tower_configs = dict(config.towers)
 
+  def _arguments(self):
+    return self.config, self.label_smoothing
+
   def apply(self, params, inputs):
     return self.module.apply({'params': params}, inputs)[0]
 
@@ -178,6 +194,9 @@ class TowerModel(Model):
     self.towers = (name,)
     self.tower_configs = {name: config}
 
+  def _arguments(self):
+    return self.tower_configs[self.name], self.name, self.label_smoothing
+
   def apply(self, params, inputs):
     return {self.name: self.module.apply({'params': params}, inputs[self.name])[0]}
 
@@ -201,9 +220,9 @@ class TowerModel(Model):
   def decoder(self, output=None):
     if output not in (None, self.name):
       raise ValueError(f'a {self.name!r} tower decodes {self.name!r}, not {output!r}')
-    return self._decoder
+    return self._decoder()
 
-  @functools.cached_property
+  @functools.cache
   def _decoder(self):
     return decoding.Decoder.for_tower(self.module, self.name)
 
@@ -216,6 +235,9 @@ class SingleDecoderModel(TowerModel):
     super().__init__(baseline.single_decoder_config(text, speech_vocab_size), name,
                      label_smoothing)
     self.text_config, self.speech_vocab_size = text, speech_vocab_size
+
+  def _arguments(self):
+    return self.text_config, self.speech_vocab_size, self.name, self.label_smoothing
 
   def params_from_towers(self, rng, batch, tower_params):
     if set(tower_params) != {'text'}:

@@ -56,6 +56,12 @@ class ZipperConfig:
                        f'exactly the towers {sorted(self.towers)}')
     self.schedule  # pylint: disable=pointless-statement  (rejects cycles now, not when traced)
 
+  def __hash__(self):
+    # The mappings hash by their items, as they compare: equal configs share compiled programs.
+    clock = self.cross_attention_clock
+    return hash((tuple(sorted(self.towers.items())), self.edges, self.input_projection,
+                 clock and tuple(sorted(clock.items()))))
+
   @property
   def depths(self) -> dict[str, int]:
     return {name: tower.num_layers for name, tower in self.towers.items()}
