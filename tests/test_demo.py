@@ -32,8 +32,8 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
   out = run('zipper_jax.speech.demo', f'--workdir={tmp_path}', f'--corpus_size={json.dumps(MICRO)}',
             '--text_pretrain_steps=3', '--speech_pretrain_steps=3', '--steps=3',
             '--single_steps=3', '--batch_size=4', '--pretrain_batch_size=4', '--tts_utterances=1',
-            # Untrained speech runs to the cap, and the judge's time with it.
-            '--tts_max_length_ratio=1')
+            # An untrained model's output runs to the cap (and the judge's time with speech).
+            '--asr_max_length_ratio=0.1', '--tts_max_length_ratio=1')
   assert '| test_clean: ASR WER, greedy |' in out and 'TTS ceiling' in out
   assert os.path.exists(tmp_path / 'corpus' / 'metadata.json')
   for run_dir in ('text', 'speech', 'zipper', 'single_decoder'):
@@ -56,7 +56,8 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
   (recordings / 'transcription').write_text('<s> some words </s> (clip-1)\n')
   out = run('zipper_jax.speech.paper', f'--workdir={tmp_path}', f'--out={tmp_path / "paper"}',
             f'--corpus_size={json.dumps(MICRO)}', '--steps=3', '--batch_size=4',
-            '--tts_utterances=0', f'--real_speech_dir={recordings}', '--aligned_fractions=1,0.01')
+            '--tts_utterances=0', '--asr_max_length_ratio=0.1', f'--real_speech_dir={recordings}',
+            '--aligned_fractions=1,0.01')
   assert out.count(': reused') == 7  # corpus, two towers, two runs, two evaluations
   results = json.loads((tmp_path / 'paper' / 'results.json').read_text())
   assert len(results['runs']) == 6  # three systems on 100% and 1% of the aligned pairs

@@ -47,6 +47,10 @@ def main(argv=None) -> None:
                       help='of each test split (default: all)')
   parser.add_argument('--tts_utterances', type=int, default=8,
                       help='of each test split; the judge takes ~0.5 s three times for each')
+  parser.add_argument('--asr_max_length_ratio', type=float,
+                      help='transcripts stop at this many tokens per unit of speech (default 1, '
+                           'ESPnet\'s; the corpus has at most 0.5): an untrained model\'s run '
+                           'to it')
   parser.add_argument('--tts_max_length_ratio', type=float,
                       help='generated speech stops at this many units per token of its text '
                            '(default 10; the corpus has 3-6): an untrained model\'s speech runs '
@@ -76,6 +80,7 @@ def main(argv=None) -> None:
     stages.evaluate(model_dir, tasks, text, asr_utterances=args.asr_utterances,
                     tts_utterances=args.tts_utterances, batch_size=args.batch_size or 8,
                     reference_dir=os.path.join(args.workdir, 'tts_reference'),
+                    asr_max_length_ratio=args.asr_max_length_ratio,
                     tts_max_length_ratio=args.tts_max_length_ratio)
 
   say('== 6/6 the table, and a report with plots')

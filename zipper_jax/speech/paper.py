@@ -243,6 +243,8 @@ def main(argv=None) -> None:
   parser.add_argument('--batch_size', type=int, help='override every run\'s packed rows a step')
   parser.add_argument('--asr_utterances', type=int, help='of each test split (default: all)')
   parser.add_argument('--tts_utterances', type=int, help='of each test split (0: no TTS)')
+  parser.add_argument('--asr_max_length_ratio', type=float,
+                      help='transcripts stop at this many tokens per unit of speech (default 1)')
   parser.add_argument('--aligned_fractions', type=_fractions, default=tuple(FRACTIONS),
                       help='the aligned-data sizes of the grid: 1 and one or more of '
                            f'{", ".join(map(str, sorted(FRACTIONS)[:-1]))} (comma-separated)')
@@ -268,7 +270,8 @@ def main(argv=None) -> None:
     tasks = ['single_asr', 'single_tts'] if name.startswith('single') else ['asr', 'tts']
     stages.evaluate(model_dir, tasks, text_tower, asr_utterances=args.asr_utterances,
                     tts_utterances=scale.tts_utterances, batch_size=scale.batch_size or 8,
-                    reference_dir=os.path.join(args.workdir, 'tts_reference'))
+                    reference_dir=os.path.join(args.workdir, 'tts_reference'),
+                    asr_max_length_ratio=args.asr_max_length_ratio)
   real_speech = {}
   if os.path.isdir(args.real_speech_dir):
     stages.say(f'   recorded speech: {args.real_speech_dir}')

@@ -58,9 +58,10 @@ def train(workdir: str, name: str, experiment: str, bindings: Mapping[str, Any],
 
 def evaluate(model_dir: str, tasks: Sequence[str], text_tower: str, *,
              asr_utterances: int | None, tts_utterances: int, batch_size: int,
-             reference_dir: str, tts_max_length_ratio: float | None = None) -> None:
+             reference_dir: str, asr_max_length_ratio: float | None = None,
+             tts_max_length_ratio: float | None = None) -> None:
   """`zipper eval` of the run's newest checkpoint (gin/runs/eval_speech_text.gin), unless done;
-  `tts_max_length_ratio` None: the evaluation's own."""
+  a `*_max_length_ratio` None: the evaluation's own."""
   run = RunDir(model_dir)
   # Each split's file, then text perplexity, is written as it is done: a stopped evaluation
   # leaves some of them, or those of an older step.
@@ -74,5 +75,7 @@ def evaluate(model_dir: str, tasks: Sequence[str], text_tower: str, *,
            f'--gin.SpeechTextEval.asr_utterances={asr_utterances}',
            f'--gin.BATCH_SIZE={batch_size}',
            f'--gin.SpeechTextEval.reference_dir={reference_dir!r}',
-           *([f'--gin.SpeechTextEval.tts_max_length_ratio={tts_max_length_ratio}']
-             if tts_max_length_ratio is not None else [])])
+           *(f'--gin.SpeechTextEval.{name}={ratio}'
+             for name, ratio in (('asr_max_length_ratio', asr_max_length_ratio),
+                                 ('tts_max_length_ratio', tts_max_length_ratio))
+             if ratio is not None)])
