@@ -38,9 +38,9 @@ def run(model_dir, steps, partitioner, **overrides):
 
 
 def test_every_mesh_trains_the_same_model_and_its_checkpoint_restores_onto_others(tmp_path):
+  # Every axis at once: batches split over `data`, weights over `fsdp` and `tensor`.
   meshes = {'one device': partitioning.Partitioner((1, 1, 1), num_devices=1),
-            'data 2 x tensor 4': partitioning.Partitioner((2, 1, 4)),
-            'fsdp 4 x tensor 2': partitioning.Partitioner((1, 4, 2))}
+            'data 2 x fsdp 2 x tensor 2': partitioning.Partitioner((2, 2, 2))}
   folder = lambda name: tmp_path / name.replace(' ', '_')
   params = {name: jax.device_get(run(folder(name), 3, p).all_params)
             for name, p in meshes.items()}
@@ -50,11 +50,11 @@ def test_every_mesh_trains_the_same_model_and_its_checkpoint_restores_onto_other
 
   for partitioner in (partitioning.Partitioner((1, 4, 1), num_devices=4),
                       partitioning.Partitioner((1, 1, 1), num_devices=1)):
-    restored = run(folder('data 2 x tensor 4'), 3, partitioner).all_params  # nothing to train
+    restored = run(folder('data 2 x fsdp 2 x tensor 2'), 3, partitioner).all_params  # no step
     leaf = restored['text']['blocks']['mlp']['gate']['kernel']
     assert len(leaf.sharding.device_set) == partitioner.mesh.size
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored),
-                 params['data 2 x tensor 4'])
+                 params['data 2 x fsdp 2 x tensor 2'])
 
 
 def test_layout_is_printed_for_a_pod_without_one(capsys):
