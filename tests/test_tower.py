@@ -102,7 +102,9 @@ def test_scanned_blocks_equal_unrolled_ones(remat):
       lambda p: jnp.sin(Tower(c).apply({'params': p}, inputs)[0]).sum()))(params)
   (value, grads), (reference, reference_grads) = loss(scanned), loss(unrolled)
   np.testing.assert_allclose(value, reference, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads, reference_grads)
+  # Two programs, fused differently: float32 round-off apart (gradients up to ~20 differ by up
+  # to 2e-5), where a layer out of place would differ by whole units.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), grads, reference_grads)
   program = lambda c: jax.jit(lambda p: Tower(c).apply({'params': p}, inputs)).lower(
       params).as_text()
   assert program(scanned).count('stablehlo.while') == 1
