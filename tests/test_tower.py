@@ -147,6 +147,49 @@ def train_steps(model: models.Model, params, batch, count: int, tx=optax.adam(1e
   return state.all_params, reported
 
 
+def train_step_metrics(model: models.Model, params, batch, step: int, dropout_seed: int = 0):
+  """What one training step at `step` (from `params`) reports."""
+  tx = optax.sgd(0.0)
+  trainable, frozen = freezing.partition(params, freezing.trainable_mask(params, ()))
+  state = steps.TrainState(jnp.asarray(step, jnp.int32), trainable, frozen, tx.init(trainable))
+  return steps.train_step(state, batch, model=model, optimizer=tx, dropout_seed=dropout_seed)[1]
+
+
+def test_dropout_acts_in_training_steps_only():
+  """Each step (and seed) draws its own masks, the same ones when redone; evaluation is the
+  model without dropout."""
+  batch = lm_batch(np.asarray(random_tokens(7, (4, 9), TEXT.vocab_size)))
+  plain = models.TowerModel(TEXT)
+  dropped = models.TowerModel(dataclasses.replace(TEXT, dropout_rate=0.3))
+  params = nn.unbox(plain.init(jax.random.key(0), batch))
+  jax.tree.map(np.testing.assert_array_equal, steps.eval_step(params, batch, model=dropped),
+               steps.eval_step(params, batch, model=plain))
+  loss = lambda model, step, seed=0: float(
+      train_step_metrics(model, params, batch, step, seed)['loss'])
+  reference = loss(plain, 0)
+  assert loss(plain, 1) == reference  # no dropout: nothing random
+  draws = [loss(dropped, 0), loss(dropped, 1), loss(dropped, 0, seed=1)]
+  assert len(set(draws + [reference])) == 4, draws
+  assert loss(dropped, 0) == draws[0]
+  with pytest.raises(ValueError, match='dropout_rate'):
+    dataclasses.replace(TEXT, dropout_rate=1.0)
+
+
+def test_recomputed_blocks_drop_what_the_forward_pass_dropped():
+  """With `remat`, the backward pass recomputes each block under the forward pass's masks: the
+  same gradients as keeping the activations, and not those of another draw or of no dropout."""
+  inputs = TowerInput.from_tokens(random_tokens(7, (2, 6), TEXT.vocab_size))
+  params = init(Tower(TEXT), inputs)
+  grads = lambda remat, rate=0.5, seed=3: jax.jit(jax.grad(lambda p: jnp.sin(
+      Tower(dataclasses.replace(TEXT, dropout_rate=rate, remat=remat)).apply(
+          {'params': p}, inputs, rngs={'dropout': jax.random.key(seed)})[0][
+              ..., :TEXT.vocab_size]).sum()))(params)['blocks']
+  kept = grads('none')
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads('full'), kept)
+  for other in (grads('none', seed=4), grads('none', rate=0.0)):
+    assert not np.allclose(other['mlp']['down']['kernel'], kept['mlp']['down']['kernel'])
+
+
 def test_label_smoothing_changes_the_update_not_the_reported_loss():
   batch = lm_batch(np.asarray(random_tokens(7, (4, 9), TEXT.vocab_size)))
   plain, smoothed = models.TowerModel(TEXT), models.TowerModel(TEXT, label_smoothing=0.1)

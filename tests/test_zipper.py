@@ -237,6 +237,32 @@ def test_label_smoothing_changes_the_objective_not_the_reported_loss():
   np.testing.assert_allclose(padded_total, total, rtol=1e-5)
 
 
+@pytest.mark.parametrize('dropped', ['text', 'speech'])
+def test_dropout_follows_each_tower_and_needs_a_dropout_rng(two_way_zipper, dropped):
+  """Dropout in one tower and the cross-attention it queries acts only with a 'dropout' rng
+  (not in evaluation or decoding), and only where that tower's states reach: ASR's speech comes
+  first, so the text's dropout leaves it exactly as it was, while the text reads the speech."""
+  _, params = two_way_zipper
+  inputs = asr_inputs()
+  config = lambda rate: ZipperConfig(
+      {'text': TEXT, 'speech': SPEECH} | {dropped: dataclasses.replace(
+          {'text': TEXT, 'speech': SPEECH}[dropped], dropout_rate=rate)}, TWO_WAY)
+  run = lambda rate, seed=None: Zipper(config(rate)).apply(
+      {'params': params}, inputs,
+      rngs=None if seed is None else {'dropout': jax.random.key(seed)})[0]
+  reference = run(0.0)
+  jax.tree.map(np.testing.assert_array_equal, run(0.5), reference)
+  jax.tree.map(np.testing.assert_array_equal, run(0.0, seed=0), reference)
+  masked, again, other = run(0.5, seed=0), run(0.5, seed=0), run(0.5, seed=1)
+  jax.tree.map(np.testing.assert_array_equal, again, masked)
+  assert not np.allclose(masked[dropped], other[dropped])
+  assert not np.allclose(masked['text'], reference['text'])
+  if dropped == 'text':
+    np.testing.assert_array_equal(masked['speech'], reference['speech'])
+  else:
+    assert not np.allclose(masked['speech'], reference['speech'])
+
+
 @pytest.mark.parametrize('interval', [1, 2])
 def test_scanned_stages_equal_the_unrolled_zipper(interval):
   """Towers of 4 and 6 blocks, zipped both ways, run in 2 scanned stages of 2 + 3 blocks: the

@@ -47,7 +47,8 @@ class Model:
   def __hash__(self):
     return hash((type(self), self._arguments()))
 
-  def apply(self, params, inputs: Mapping) -> dict:
+  def apply(self, params, inputs: Mapping, dropout_rng=None) -> dict:
+    """{tower: logits}; dropout (`TowerConfig.dropout_rate`) acts only given `dropout_rng`."""
     raise NotImplementedError
 
   def inputs(self, batch) -> dict:
@@ -66,9 +67,10 @@ class Model:
     return jax.eval_shape(self.init, jax.random.key(0),
                           dummy_batch(self.towers, {t: 1 for t in self.towers}, 1))
 
-  def loss(self, params, batch):
-    """(the objective summed over all towers' weighted tokens, per-tower metrics)."""
-    logits = self.apply(params, self.inputs(batch))
+  def loss(self, params, batch, dropout_rng=None):
+    """(the objective summed over all towers' weighted tokens, per-tower metrics); with a
+    `dropout_rng`, that of a training step."""
+    logits = self.apply(params, self.inputs(batch), dropout_rng)
     targets, weights = tower_targets(batch, self.towers)
     return zipper_loss(logits, targets, weights, label_smoothing=self.label_smoothing,
                        vocab_sizes=self.vocab_sizes)
@@ -161,8 +163,8 @@ class ZipperModel(Model):
   def _arguments(self):
     return self.config, self.label_smoothing
 
-  def apply(self, params, inputs):
-    return self.module.apply({'params': params}, inputs)[0]
+  def apply(self, params, inputs, dropout_rng=None):
+    return self.module.apply({'params': params}, inputs, rngs=_rngs(dropout_rng))[0]
 
   def params_from_towers(self, rng, batch, tower_params):
     return zipping.zip_params(self.module, rng, self.inputs(batch), tower_params)
@@ -197,8 +199,9 @@ class TowerModel(Model):
   def _arguments(self):
     return self.tower_configs[self.name], self.name, self.label_smoothing
 
-  def apply(self, params, inputs):
-    return {self.name: self.module.apply({'params': params}, inputs[self.name])[0]}
+  def apply(self, params, inputs, dropout_rng=None):
+    return {self.name: self.module.apply({'params': params}, inputs[self.name],
+                                         rngs=_rngs(dropout_rng))[0]}
 
   def _module_inputs(self, inputs):
     return (inputs[self.name],)
@@ -251,3 +254,7 @@ class SingleDecoderModel(TowerModel):
     if name != 'text':
       raise KeyError(f'the Single Decoder initialises from a text tower only; got {name!r}')
     return self.text_config
+
+
+def _rngs(dropout_rng) -> dict | None:
+  return None if dropout_rng is None else {'dropout': dropout_rng}

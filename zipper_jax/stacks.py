@@ -46,14 +46,23 @@ def stacked(layer: nn.Module, length: int, *example_args) -> Callable:
 
 
 def layer_function(layer: nn.Module, remat: str, *, unrolled: bool) -> Callable:
-  """`layer` (unbound) as a pure function (params, *args) -> outputs, its activations kept or
-  recomputed in the backward pass per `REMAT_POLICIES[remat]`."""
-  apply = lambda params, *args: layer.apply({'params': params}, *args)
+  """`layer` (unbound) as a pure function (params, dropout rng or None, *args) -> outputs, its
+  activations kept or recomputed in the backward pass per `REMAT_POLICIES[remat]`."""
+  apply = lambda params, rng, *args: layer.apply(
+      {'params': params}, *args, rngs=None if rng is None else {'dropout': rng})
   if remat == 'none':
     return apply
   # Inside a scan the loop keeps XLA from merging the recomputation back into the forward pass;
   # unrolled, only the barrier that `prevent_cse` adds does.
   return jax.checkpoint(apply, policy=REMAT_POLICIES[remat], prevent_cse=unrolled)
+
+
+def layer_rngs(module: nn.Module, rate: float, length: int):
+  """One dropout key per layer of a stack of `length` (scanned with it), drawn from `module`'s
+  'dropout' rng; None where there is no dropout (rate 0, or no such rng: evaluation)."""
+  if rate == 0 or not module.has_rng('dropout'):
+    return None
+  return jax.random.split(module.make_rng('dropout'), length)
 
 
 def split_stages(stack, stages: int) -> tuple:

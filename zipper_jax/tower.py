@@ -40,6 +40,9 @@ class TowerConfig:
   # that they shard over any tensor axis; the padded ids' logits are masked out.
   vocab_multiple: int = 128
   attention_kernel: str = 'auto'  # attention.KERNELS; 'auto': by the platform compiled for
+  # Residual dropout: on each attention and MLP output before it joins the residual stream (its
+  # cross-attention blocks' too, where this tower queries), in training steps only.
+  dropout_rate: float = 0.0
 
   def __post_init__(self):
     for name in ('dtype', 'param_dtype'):
@@ -55,6 +58,8 @@ class TowerConfig:
                        f'{attention.KERNELS}')
     if self.head_dim % 2:
       raise ValueError(f'head_dim={self.head_dim} must be even for rotary embeddings')
+    if not 0 <= self.dropout_rate < 1:
+      raise ValueError(f'dropout_rate={self.dropout_rate} must be in [0, 1)')
 
   @property
   def kv_heads(self) -> int:
@@ -71,8 +76,10 @@ class DecoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, h, inputs: TowerInput, cache: KVCache | None = None):
-    """With a `cache` (already `advance`d over `inputs`), stores this block's keys and values."""
+    """With a `cache` (already `advance`d over `inputs`), stores this block's keys and values.
+    Dropout acts only where the block is applied with a 'dropout' rng (`stacks.layer_rngs`)."""
     c = self.config
+    dropout = residual_dropout(self, c)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
     self_attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim, c.rope_theta,
                                c.dtype, c.param_dtype, c.qkv_bias, c.attention_kernel,
@@ -85,10 +92,16 @@ class DecoderBlock(nn.Module):
       key_positions, key_segments = cache.positions, cache.segment_ids
     visibility = attention.Visibility(inputs.positions, inputs.segment_ids, key_positions,
                                       key_segments)
-    h = h + self_attention.attend(x, keys, values, visibility, inputs.positions)
+    h = h + dropout(self_attention.attend(x, keys, values, visibility, inputs.positions))
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
-    h = h + MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
+    h = h + dropout(MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x))
     return constrain(h, ('batch', 'length', 'embed')), cache
+
+
+def residual_dropout(module: nn.Module, config: TowerConfig) -> nn.Dropout:
+  """`config`'s dropout for a block's sublayer outputs, each call a fresh mask; the identity
+  where `module` has no 'dropout' rng (evaluation, decoding)."""
+  return nn.Dropout(config.dropout_rate, deterministic=not module.has_rng('dropout'))
 
 
 def example_input(width: int | None = None):
@@ -131,26 +144,29 @@ class Tower(nn.Module):
 
   def __call__(self, inputs: TowerInput, cache: KVCache | None = None):
     """Returns (logits [batch, length, vocab] float32, the updated cache or None)."""
-    block = block_function(self.config, inputs)
+    c = self.config
+    block = block_function(c, inputs)
     if cache is not None:
       cache = cache.advance(inputs.positions, inputs.segment_ids)
 
     def step(h, layer):
-      params, keys, values = layer
-      h, layer_cache = block(params, h, None if cache is None else cache.layer(keys, values))
+      params, rng, keys, values = layer
+      h, layer_cache = block(params, h, None if cache is None else cache.layer(keys, values), rng)
       return h, (None if cache is None else (layer_cache.keys, layer_cache.values))
 
     kv = (None, None) if cache is None else (cache.keys, cache.values)
-    h, kv = jax.lax.scan(step, self.embed(inputs.tokens), (self.blocks, *kv),
-                         unroll=not self.config.scan_layers)
+    rngs = stacks.layer_rngs(self, c.dropout_rate, c.num_layers)
+    h, kv = jax.lax.scan(step, self.embed(inputs.tokens), (self.blocks, rngs, *kv),
+                         unroll=not c.scan_layers)
     return self.logits(h), (None if cache is None else cache.replace(keys=kv[0], values=kv[1]))
 
 
 def block_function(config: TowerConfig, inputs: TowerInput):
-  """One block as a pure function (params, h, cache) -> (h, cache), for a tower's `inputs`."""
+  """One block as a pure function (params, h, cache, dropout rng or None) -> (h, cache), for a
+  tower's `inputs`."""
   block = stacks.layer_function(DecoderBlock(config, parent=None), config.remat,
                                 unrolled=not config.scan_layers)
-  return lambda params, h, cache: block(params, h, inputs, cache)
+  return lambda params, h, cache, rng: block(params, rng, h, inputs, cache)
 
 
 def init_cache(config: TowerConfig, batch: int, size: int) -> KVCache:

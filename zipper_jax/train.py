@@ -129,7 +129,7 @@ def train(model: Model = gin.REQUIRED, *,
   batch_sharding = layout.batch_sharding
 
   with partitioner.context():
-    step_fn = layout.jit_train_step(model, num_microbatches)
+    step_fn = layout.jit_train_step(model, num_microbatches, dropout_seed=seed)
     source = data.describe(mixture_or_task_name)
     batches = data.DataIterator(
         data.get_dataset(mixture_or_task_name, task_feature_lengths, towers, batch_size,
@@ -237,10 +237,11 @@ class StepLayout:
                                                                  sharding=sharding),
                         shapes, self.state_shardings)
 
-  def jit_train_step(self, model: Model, num_microbatches: int = 1):
+  def jit_train_step(self, model: Model, num_microbatches: int = 1, dropout_seed: int = 0):
     """The jitted `train_step` (state donated), as the trainer runs it."""
     return jax.jit(functools.partial(train_step, model=model, optimizer=self.optimizer,
-                                     num_microbatches=num_microbatches),
+                                     num_microbatches=num_microbatches,
+                                     dropout_seed=dropout_seed),
                    in_shardings=(self.state_shardings, self.batch_sharding),
                    out_shardings=(self.state_shardings, self.scalar_sharding),
                    donate_argnums=0)

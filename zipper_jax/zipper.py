@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from zipper_jax import attention, stacks, wiring
 from zipper_jax.inputs import TowerInput
 from zipper_jax.layers import MLP, Attention, Dense, KVCache, RMSNorm, constrain, partitioned
-from zipper_jax.tower import Tower, TowerConfig, block_function, example_input, init_cache
+from zipper_jax.tower import (Tower, TowerConfig, block_function, example_input, init_cache,
+                               residual_dropout)
 from zipper_jax.wiring import Edge, aligned_block  # noqa: F401  (the config's vocabulary)
 
 INPUT_PROJECTIONS = ('none', 'residual', 'paper')
@@ -112,6 +113,7 @@ class CrossAttentionBlock(nn.Module):
   h += tanh(g_attn) * XAttn(norm(h), proj(norm(key_states)));  h += tanh(g_mlp) * MLP(norm(h)).
   Gates start at 0, so a fresh block is the identity. With a `clock`, queries and keys are
   rotated by their own tower's positions times its ticks per token (`cross_attention_clock`).
+  Dropout is the query tower's, in training only, as in its own blocks.
   """
   config: TowerConfig  # of the query tower: width and heads follow it
   clock: tuple[float, float] | None = None  # (query, key) ticks per token; None: no rotary
@@ -121,6 +123,7 @@ class CrossAttentionBlock(nn.Module):
                cache: KVCache | None = None):
     """Reads the key tower from `key_states` if given, else from `cache`; returns (h, cache)."""
     c = self.config
+    dropout = residual_dropout(self, c)
     cross_attention = Attention(c.embed_dim, c.num_heads, c.kv_heads, c.head_dim,
                                 None if self.clock is None else c.rope_theta, c.dtype,
                                 c.param_dtype, kernel=c.attention_kernel, name='attention')
@@ -138,10 +141,10 @@ class CrossAttentionBlock(nn.Module):
     gate = lambda name: jnp.tanh(self.param(name, partitioned(nn.initializers.zeros, ()), (),
                                             jnp.float32)).astype(c.dtype)
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_attention_norm')(h)
-    h = h + gate('attention_gate') * cross_attention.attend(x, cache.keys, cache.values,
-                                                            visibility, on_clock(inputs, 0))
+    h = h + gate('attention_gate') * dropout(cross_attention.attend(
+        x, cache.keys, cache.values, visibility, on_clock(inputs, 0)))
     x = RMSNorm(c.norm_epsilon, c.dtype, name='pre_mlp_norm')(h)
-    h = h + gate('mlp_gate') * MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x)
+    h = h + gate('mlp_gate') * dropout(MLP(c.mlp_dim, c.dtype, c.param_dtype, name='mlp')(x))
     return constrain(h, ('batch', 'length', 'embed')), cache
 
 
@@ -186,11 +189,17 @@ class Zipper(nn.Module):
     for edge in edges:
       if edge.key not in inputs and edge.name not in cross_caches:
         raise ValueError(f'{edge.name}: tower {edge.key!r} is neither in the inputs nor cached')
-    # What one stage reads: its layers of every stack (and of the caches that follow them).
+    # What one stage reads: its layers of every stack (and of the caches that follow them, and
+    # their dropout keys in training).
     split = lambda stack: stacks.split_stages(stack, schedule.stages)
+    rngs = lambda tower, length: stacks.layer_rngs(self, c.towers[tower].dropout_rate, length)
+    block_rngs = {name: rngs(name, c.towers[name].num_layers) for name in inputs}
+    cross_rngs = {edge.name: rngs(edge.query, len(c.cross_layers(edge))) for edge in edges}
     stage_inputs = {
         'blocks': {name: split(self.towers[name].blocks) for name in inputs},
         'cross': {edge.name: split(self.cross[edge.name]) for edge in edges},
+        'block_rngs': {name: split(r) for name, r in block_rngs.items() if r is not None},
+        'cross_rngs': {name: split(r) for name, r in cross_rngs.items() if r is not None},
         'tower_kv': {name: split((cache.keys, cache.values))
                      for name, cache in tower_caches.items()},
         'cross_kv': {edge.name: split((cross_caches[edge.name].keys,
@@ -203,29 +212,31 @@ class Zipper(nn.Module):
 
     def stage(h, layers):
       h, after_block, kv = dict(h), {}, {'tower_kv': {}, 'cross_kv': {}}
+      rng = lambda group, name, i: (layers[group][name][i] if name in layers[group] else None)
       for step in schedule.steps:
         if isinstance(step, wiring.Block) and step.tower in inputs:
           name, i = step.tower, step.index
           cache = None
           if name in tower_caches:
             cache = tower_caches[name].layer(*layers['tower_kv'][name][i])
-          h[name], cache = blocks[name](layers['blocks'][name][i], h[name], cache)
+          h[name], cache = blocks[name](layers['blocks'][name][i], h[name], cache,
+                                        rng('block_rngs', name, i))
           after_block[name, i] = h[name]
           if cache is not None:
             kv['tower_kv'].setdefault(name, []).append((cache.keys, cache.values))
         elif isinstance(step, wiring.CrossLayer) and step.edge.query in inputs:
           edge, i = step.edge, step.index
-          params = layers['cross'][edge.name][i]
+          params, key = layers['cross'][edge.name][i], rng('cross_rngs', edge.name, i)
           if edge.key in inputs:
-            h[edge.query], cache = cross[edge](params, h[edge.query], inputs[edge.query],
+            h[edge.query], cache = cross[edge](params, key, h[edge.query], inputs[edge.query],
                                                after_block[edge.key, step.key_block],
                                                inputs[edge.key])
             if edge.query in tower_caches:
               kv['cross_kv'].setdefault(edge.name, []).append((cache.keys, cache.values))
           else:
             cache = cross_caches[edge.name].layer(*layers['cross_kv'][edge.name][i])
-            h[edge.query], _ = cross[edge](params, h[edge.query], inputs[edge.query], None, None,
-                                           cache)
+            h[edge.query], _ = cross[edge](params, key, h[edge.query], inputs[edge.query], None,
+                                           None, cache)
       stack = lambda per_layer: jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
       return h, jax.tree.map(stack, kv, is_leaf=lambda x: isinstance(x, list))
 
