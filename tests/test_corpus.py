@@ -218,6 +218,17 @@ def test_judge_understands_the_corpus_audio(micro_corpus):
   assert jiwer.wer([line['text'] for line in lines], hypotheses) < 0.5
 
 
+def test_the_judge_hears_each_utterance_as_a_fresh_decoder_would(micro_corpus):
+  """Transcripts do not depend on what the judge transcribed before (pocketsphinx adapts its
+  front end across utterances): noisy speech judged forwards, then backwards, then alone."""
+  lines = [line for line in corpus.read_manifest(micro_corpus, 'test_other') if 'audio' in line]
+  wavs = [audio.read_audio(os.path.join(micro_corpus, line['audio'])) for line in lines]
+  forwards = [judge.transcribe(wav) for wav in wavs]
+  assert [judge.transcribe(wav) for wav in reversed(wavs)][::-1] == forwards
+  judge._decoder.cache_clear()
+  assert judge.transcribe(wavs[-1]) == forwards[-1]
+
+
 def test_prepare_takes_your_own_audio_and_units(micro_corpus, tmp_path):
   """LibriSpeech-style input: absolute audio paths, upper-case text, some speech pre-tokenised."""
   own = str(tmp_path / 'own')
