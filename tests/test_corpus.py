@@ -6,6 +6,7 @@ A micro corpus (a few dozen utterances, real synthesis, a real 1024-unit tokeniz
 """
 import dataclasses
 import json
+import operator
 import os
 import shutil
 
@@ -16,8 +17,8 @@ import soundfile
 import tensorflow_datasets as tfds
 
 from conftest import MICRO_CORPUS, MICRO_SEED
-from zipper_jax.speech import (audio, corpus, corpus_text, corpus_tfds, judge, resynthesis,
-                               synthesis, text_normalization, unit_tokenizer)
+from zipper_jax.speech import (audio, corpus, corpus_text, corpus_tfds, judge, parallel,
+                               resynthesis, synthesis, text_normalization, unit_tokenizer)
 
 SENTENCES = [('fortunes', f'sentence number {text_normalization.spoken_form(str(i))} is '
               'spoken here') for i in range(200)]
@@ -32,6 +33,18 @@ def test_normalizer_speaks_numbers_and_drops_punctuation():
   assert corpus_text.normalize('See <H0430> the markup here') is None
   assert corpus_text.normalize(' '.join(['word'] * 31)) is None
   assert text_normalization.normalize_transcript('Hello, <unk> World!') == 'hello unk world'
+
+
+def test_workers_start_once_for_every_map_and_keep_the_order():
+  # Jobs of builtins: a worker imports nothing else (a test module would bring JAX and TF).
+  with parallel.Workers(2) as workers:
+    assert workers.map(abs, list(range(-20, 0)), 'in order') == list(range(20, 0, -1))
+    processes = {pid for _ in range(3) for pid in workers.map(operator.call, [os.getpid] * 4,
+                                                              'which processes')}
+    alone = workers.map(operator.call, [os.getpid], 'alone')
+  # Three maps, one pair of processes (a pool a map would show at least three).
+  assert len(processes) <= 2 and os.getpid() not in processes
+  assert alone == [os.getpid()]  # one job: no process started for it
 
 
 def test_plan_is_disjoint_seeded_and_keeps_test_other_voices_unseen():

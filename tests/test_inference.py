@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec
 
 from zipper_jax import batch, checkpoints, main, vocabularies
 from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import audio, corpus, inference, metrics, tts_protocol
+from zipper_jax.speech import audio, corpus, inference, metrics, parallel, tts_protocol
 from zipper_jax.speech.vocabulary import SpeechVocabulary
 
 LENGTHS = {'zipper': {'speech': 96, 'text': 24}, 'single_decoder': {'single': 120}}
@@ -125,10 +125,11 @@ def test_tts_protocol_on_ground_truth_units_gives_the_ceiling(micro_corpus):
   lines = corpus.read_manifest(micro_corpus, 'test_clean')[:2]
   texts, units = [l['text'] for l in lines], [l['units'] for l in lines]
   resynthesizer = os.path.join(micro_corpus, 'resynthesizer.npz')
-  figures = tts_protocol.reference_figures(
-      texts, units, resynthesizer, [os.path.join(micro_corpus, l['audio']) for l in lines],
-      workers=1)
-  # A "model" that outputs the ground-truth units scores exactly the ceiling.
-  as_model = metrics.error_rates(texts, tts_protocol.judge_units(resynthesizer, units, 1))
+  with parallel.Workers(2) as judges:
+    figures = tts_protocol.reference_figures(
+        texts, units, resynthesizer, judges,
+        [os.path.join(micro_corpus, l['audio']) for l in lines])
+    # A "model" that outputs the ground-truth units scores exactly the ceiling.
+    as_model = metrics.error_rates(texts, tts_protocol.judge_units(resynthesizer, units, judges))
   assert as_model['wer'] == figures['ceiling_wer']
   assert 0 <= figures['floor_wer'] < 1 and 0 <= figures['ceiling_wer'] <= 1.5

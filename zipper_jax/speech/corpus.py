@@ -182,25 +182,28 @@ def prepare(out: str, seed: int = 0, workers: int | None = None,
   fit_set = [_audio_path(out, line) for line in lines['speech_only'][:TOKENIZER_UTTERANCES]
              if 'audio' in line]
   # Speech that comes tokenised already needs neither.
-  if fit_set and not (os.path.exists(tokenizer_dir) and os.path.exists(resynthesizer_path)):
-    featurised = parallel.parallel_map(unit_tokenizer.features_of_file, fit_set, workers, 'features')
-    if not os.path.exists(tokenizer_dir):
-      unit_tokenizer.fit([f for f, _ in featurised], unit_tokenizer.FeatureConfig(),
+  # One set of workers for every split: each imports librosa (seconds) once.
+  with parallel.Workers(workers) as pool:
+    if fit_set and not (os.path.exists(tokenizer_dir) and os.path.exists(resynthesizer_path)):
+      featurised = pool.map(unit_tokenizer.features_of_file, fit_set, 'features')
+      if not os.path.exists(tokenizer_dir):
+        unit_tokenizer.fit([f for f, _ in featurised], unit_tokenizer.FeatureConfig(),
                            seed=seed).save(tokenizer_dir)
-    tokenizer = unit_tokenizer.SpeechTokenizer.load(tokenizer_dir)
-    resynthesis.fit([tokenizer.quantize(f) for f, _ in featurised],
-                    [mel for _, mel in featurised], tokenizer.config,
-                    num_units=tokenizer.num_units).save(resynthesizer_path)
+      tokenizer = unit_tokenizer.SpeechTokenizer.load(tokenizer_dir)
+      resynthesis.fit([tokenizer.quantize(f) for f, _ in featurised],
+                      [mel for _, mel in featurised], tokenizer.config,
+                      num_units=tokenizer.num_units).save(resynthesizer_path)
 
-  for split, members in lines.items():
-    path = os.path.join(out, 'manifest', f'{split}.jsonl')
-    if os.path.exists(path):
-      continue
-    to_encode = [line for line in members if 'audio' in line and 'units' not in line]
-    encoded = dict(zip((line['id'] for line in to_encode), parallel.parallel_map(
-        unit_tokenizer.units_of_file, [(_audio_path(out, line), tokenizer_dir) for line in to_encode], workers,
-        f'encoding {split}')))
-    _write_jsonl(path, [_manifest_line(line, encoded.get(line['id'])) for line in members])
+    for split, members in lines.items():
+      path = os.path.join(out, 'manifest', f'{split}.jsonl')
+      if os.path.exists(path):
+        continue
+      to_encode = [line for line in members if 'audio' in line and 'units' not in line]
+      encoded = pool.map(unit_tokenizer.units_of_file,
+                         [(_audio_path(out, line), tokenizer_dir) for line in to_encode],
+                         f'encoding {split}')
+      encoded = dict(zip((line['id'] for line in to_encode), encoded))
+      _write_jsonl(path, [_manifest_line(line, encoded.get(line['id'])) for line in members])
 
   vocab_path = os.path.join(out, 'text_vocab.model')
   if not os.path.exists(vocab_path):
@@ -282,27 +285,33 @@ def stats(corpus_dir: str, judged_utterances: int = 40, workers: int | None = No
   text_vocabulary = sentencepiece.SentencePieceProcessor(
       model_file=os.path.join(corpus_dir, 'text_vocab.model'))
   table = {}
-  for split in SPLITS:
-    lines = read_manifest(corpus_dir, split)
-    row = {'utterances': len(lines)}
-    spoken = [line for line in lines if 'duration' in line]  # encoded from audio
-    if spoken:
-      seconds = sum(line['duration'] for line in spoken)
-      units = sum(len(line['units']) for line in spoken)
-      tokens = sum(len(text_vocabulary.encode(text_normalization.normalize_transcript(
-          line['text']))) for line in spoken)
-      row.update(hours=round(seconds / 3600, 3), units_per_second=round(units / seconds, 2),
-                 units_per_token=round(units / tokens, 2))
-      if judged_utterances:
-        judged = spoken[:judged_utterances]
-        figures = tts_protocol.reference_figures(
-            [line['text'] for line in judged], [line['units'] for line in judged],
-            os.path.join(corpus_dir, 'resynthesizer.npz'),
-            [_audio_path(corpus_dir, line) for line in judged], workers or os.cpu_count())
-        row.update(judge_wer=round(figures['floor_wer'], 4),
-                   judge_wer_resynthesized=round(figures['ceiling_wer'], 4), judged=len(judged))
-    table[split] = row
+  with parallel.Workers(workers or os.cpu_count()) as pool:
+    for split in SPLITS:
+      table[split] = _split_stats(corpus_dir, split, text_vocabulary, judged_utterances, pool)
   return table
+
+
+def _split_stats(corpus_dir: str, split: str, text_vocabulary, judged_utterances: int,
+                 pool: parallel.Workers) -> dict:
+  lines = read_manifest(corpus_dir, split)
+  row = {'utterances': len(lines)}
+  spoken = [line for line in lines if 'duration' in line]  # encoded from audio
+  if spoken:
+    seconds = sum(line['duration'] for line in spoken)
+    units = sum(len(line['units']) for line in spoken)
+    tokens = sum(len(text_vocabulary.encode(text_normalization.normalize_transcript(
+        line['text']))) for line in spoken)
+    row.update(hours=round(seconds / 3600, 3), units_per_second=round(units / seconds, 2),
+               units_per_token=round(units / tokens, 2))
+    if judged_utterances:
+      judged = spoken[:judged_utterances]
+      figures = tts_protocol.reference_figures(
+          [line['text'] for line in judged], [line['units'] for line in judged],
+          os.path.join(corpus_dir, 'resynthesizer.npz'), pool,
+          [_audio_path(corpus_dir, line) for line in judged])
+      row.update(judge_wer=round(figures['floor_wer'], 4),
+                 judge_wer_resynthesized=round(figures['ceiling_wer'], 4), judged=len(judged))
+  return row
 
 
 def format_stats(table: dict) -> str:

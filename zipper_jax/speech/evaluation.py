@@ -28,7 +28,7 @@ import gin
 from zipper_jax import atomic_files, data, infer, models
 from zipper_jax import train as train_lib
 from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import corpus, metrics, text_normalization, tts_protocol
+from zipper_jax.speech import corpus, metrics, parallel, text_normalization, tts_protocol
 from zipper_jax.speech.inference import SpeechText
 from zipper_jax.speech.vocabulary import SpeechVocabulary
 
@@ -73,13 +73,14 @@ class SpeechTextEval:
     system = SpeechText(model, params, self.run.vocabularies(), self.lengths, self.batch_size)
     prefix = 'single_' if system.single else ''
     flat = {}
-    for split in self.splits:
-      result = {'step': int(step), **self._asr(system, f'{prefix}asr', split)}
-      if (self.tts_utterances != 0 and isinstance(system.speech, SpeechVocabulary)
-          and system.speech.has_assets):
-        result['tts'] = self._tts(system, f'{prefix}tts', split)
-      self.run.write_eval(split, result)
-      flat |= {f'{split}/{key}': value for key, value in flatten(result).items()}
+    with parallel.Workers(self.judge_workers) as judges:
+      for split in self.splits:
+        result = {'step': int(step), **self._asr(system, f'{prefix}asr', split)}
+        if (self.tts_utterances != 0 and isinstance(system.speech, SpeechVocabulary)
+            and system.speech.has_assets):
+          result['tts'] = self._tts(system, f'{prefix}tts', split, judges)
+        self.run.write_eval(split, result)
+        flat |= {f'{split}/{key}': value for key, value in flatten(result).items()}
     perplexity = {'step': int(step), **self._perplexity(model, params, system.single)}
     self.run.write_eval('text_perplexity', perplexity)
     flat |= {f'text/{k}': v for k, v in perplexity.items() if k != 'step'}
@@ -104,7 +105,7 @@ class SpeechTextEval:
                                  for r, h in zip(references[:5], hypotheses[:5])]
     return result
 
-  def _tts(self, system: SpeechText, task: str, split: str) -> dict:
+  def _tts(self, system: SpeechText, task: str, split: str, judges: parallel.Workers) -> dict:
     """The model's judged WER, and the protocol's floor and ceiling on the same sentences."""
     examples = infer.predict_task(system.model, system.params, task, split,
                                   output=system.speech_tower, lengths=self.lengths,
@@ -114,14 +115,14 @@ class SpeechTextEval:
     resynthesizer = system.speech.resynthesizer_path
     heard = tts_protocol.judge_units(resynthesizer, [system.units_of(e['prediction'])
                                                      for e in examples],
-                                     self.judge_workers, 'judging generated speech')
+                                     judges, 'judging generated speech')
     truth = [system.units_of(e['target']) for e in examples]
     return {'utterances': len(examples), **metrics.error_rates(texts, heard),
-            **self._reference_figures(task, split, texts, truth, resynthesizer),
+            **self._reference_figures(task, split, texts, truth, resynthesizer, judges),
             'samples': [{'text': t, 'heard': h} for t, h in zip(texts[:3], heard[:3])]}
 
   def _reference_figures(self, task: str, split: str, texts: list[str], truth: list,
-                         resynthesizer: str) -> dict:
+                         resynthesizer: str, judges: parallel.Workers) -> dict:
     """The protocol's floor and ceiling, which depend on the corpus alone: computed once and
     kept in `reference_dir` (runs on one corpus may share it)."""
     path = os.path.join(self.reference_dir or self.run.eval_dir,
@@ -129,9 +130,8 @@ class SpeechTextEval:
     if os.path.exists(path):
       with open(path) as f:
         return json.load(f)
-    figures = tts_protocol.reference_figures(texts, truth, resynthesizer,
-                                             self._original_audio(task, split, texts),
-                                             self.judge_workers)
+    figures = tts_protocol.reference_figures(texts, truth, resynthesizer, judges,
+                                             self._original_audio(task, split, texts))
     atomic_files.write_json(path, figures)
     return figures
 

@@ -13,17 +13,38 @@ import sys
 import tqdm
 
 
-def parallel_map(function, jobs: list, workers: int, description: str) -> list:
-  """[function(job) for job in jobs], in order, over `workers` processes (no more than jobs)."""
-  workers = min(workers, len(jobs))
-  if workers <= 1:  # no processes to start for one job or none
-    return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
-  with _without_main_module():
-    pool = multiprocessing.get_context('spawn').Pool(workers)
-  with pool:
-    chunk = max(1, min(8, len(jobs) // (4 * workers)))  # small chunks keep workers even
-    return list(tqdm.tqdm(pool.imap(function, jobs, chunksize=chunk), total=len(jobs),
+class Workers:
+  """Processes that several maps share, started at the first map that needs them: a worker
+  pays for its imports (librosa, pocketsphinx: seconds each) once, not once a map."""
+
+  def __init__(self, workers: int):
+    self.workers = workers
+    self._pool = None
+
+  def map(self, function, jobs: list, description: str) -> list:
+    """[function(job) for job in jobs], in order."""
+    if self.workers <= 1 or len(jobs) <= 1:  # no processes to start for one job or none
+      return [function(job) for job in tqdm.tqdm(jobs, desc=description, unit='utt')]
+    if self._pool is None:
+      with _without_main_module():
+        self._pool = multiprocessing.get_context('spawn').Pool(self.workers)
+    chunk = max(1, min(8, len(jobs) // (4 * self.workers)))  # small chunks keep workers even
+    return list(tqdm.tqdm(self._pool.imap(function, jobs, chunksize=chunk), total=len(jobs),
                           desc=description, unit='utt'))
+
+  def __enter__(self) -> Workers:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._pool is not None:
+      self._pool.terminate()
+      self._pool.join()
+
+
+def parallel_map(function, jobs: list, workers: int, description: str) -> list:
+  """One map over `workers` processes (no more than jobs)."""
+  with Workers(min(workers, len(jobs))) as pool:
+    return pool.map(function, jobs, description)
 
 
 @contextlib.contextmanager

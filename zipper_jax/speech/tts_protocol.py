@@ -3,9 +3,8 @@ ASR judge (`judge`, pocketsphinx) -> WER against the text the speech should say.
 
 Two reference figures frame a model's: the judge on the original audio (the floor: what the judge
 itself gets wrong) and on resynthesised ground-truth units (the ceiling: the best a model that
-predicts the corpus's own units can reach through this resynthesiser). Judging runs in `workers`
-processes; the modules they import load their heavy packages (librosa, pocketsphinx) only
-when first used, so they start quickly.
+predicts the corpus's own units can reach through this resynthesiser). Judging runs in a set of
+`parallel.Workers` that an evaluation shares: each worker loads librosa and pocketsphinx once.
 """
 from __future__ import annotations
 
@@ -34,19 +33,20 @@ def _judge_file(path: str) -> str:
 
 
 def judge_units(resynthesizer_path: str, unit_lists: Sequence[Sequence[int]],
-                workers: int = 2, description: str = 'judging') -> list[str]:
+                workers: parallel.Workers, description: str = 'judging') -> list[str]:
   """The judge's transcripts of each unit sequence, resynthesised."""
   jobs = [(resynthesizer_path, list(map(int, units))) for units in unit_lists]
-  return parallel.parallel_map(_judge_units, jobs, workers, description)
+  return workers.map(_judge_units, jobs, description)
 
 
-def judge_files(paths: Sequence[str], workers: int = 2, description: str = 'judging') -> list[str]:
-  return parallel.parallel_map(_judge_file, list(paths), workers, description)
+def judge_files(paths: Sequence[str], workers: parallel.Workers,
+                description: str = 'judging') -> list[str]:
+  return workers.map(_judge_file, list(paths), description)
 
 
 def reference_figures(texts: Sequence[str], units: Sequence[Sequence[int]],
-                      resynthesizer_path: str, audio_paths: Sequence[str] | None = None,
-                      workers: int = 2) -> dict[str, float]:
+                      resynthesizer_path: str, workers: parallel.Workers,
+                      audio_paths: Sequence[str] | None = None) -> dict[str, float]:
   """{'ceiling_wer', 'ceiling_cer'} and, given the original audio, {'floor_wer', 'floor_cer'}."""
   heard = judge_units(resynthesizer_path, units, workers, 'judging resynthesised truth')
   figures = {f'ceiling_{k}': v for k, v in metrics.error_rates(texts, heard).items()}
