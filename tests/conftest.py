@@ -27,6 +27,7 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import filelock  # noqa: E402
+import gin  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -77,6 +78,14 @@ def open_gates(params, value=0.5):
 
 def init(model, inputs, seed=0):
   return nn.unbox(jax.jit(model.init)(jax.random.key(seed), inputs))['params']
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  """Gin's config is global to the process: each test starts and leaves it empty."""
+  gin.clear_config(clear_constants=True)
+  yield
+  gin.clear_config(clear_constants=True)
 
 
 @pytest.fixture(scope='session')

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import gin
 import pytest
 
 from zipper_jax import main, models
@@ -36,10 +35,7 @@ def test_fit_table_compiles_the_tiny_zipper_for_a_tpu_slice_and_h100s(tmp_path):
   results = json.loads((tmp_path / 'fit.json').read_text())[TINY]
   assert [r['topology'] for r in results] == ['v5e:2x2', 'h100:1x2']
   main.parse_gin([TINY], [], finalize=False)
-  try:
-    model = main.configured_model()
-  finally:
-    gin.clear_config(clear_constants=True)
+  model = main.configured_model()
   lengths = {'speech': 384, 'text': 96}
   for result, devices in zip(results, (4, 2)):
     assert FIELDS <= result.keys(), result

@@ -37,12 +37,6 @@ ENGLISH = ['The capital of France is', 'Once upon a time, there was a little',
            'The quick brown fox jumps over the lazy', 'To make a cup of tea, first boil the']
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  yield
-  gin.clear_config(clear_constants=True)
-
-
 def hf_checkpoint(directory, architecture):
   """A random tiny model of `architecture` saved as safetensors, with a word-level tokenizer.
   Norm weights and biases are random too, so that a mapping that drops them shows."""

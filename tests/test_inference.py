@@ -26,7 +26,6 @@ def write_run(model_dir, corpus_dir, model_file):
   text = seqio.SentencePieceVocabulary(os.path.join(corpus_dir, 'text_vocab.model'))
   speech = SpeechVocabulary(corpus_dir)
   lengths = LENGTHS[model_file]
-  gin.clear_config(clear_constants=True)
   main.parse_gin(['gin/models/tiny.gin', f'gin/models/{model_file}.gin'],
                  [f'TEXT_VOCAB_SIZE = {text.vocab_size}', f'TASK_FEATURE_LENGTHS = {lengths}',
                   'train.partitioner = @Partitioner()', 'Partitioner.mesh_shape = (1, -1, 1)'],

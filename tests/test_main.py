@@ -22,12 +22,6 @@ FSDP = 'Partitioner.mesh_shape = (1, -1, 1)'  # parameters split over all 8 devi
 TINY_FROZEN_TEXT = ['--gin_file=gin/models/tiny.gin', '--gin_file=gin/runs/zipper_frozen_text.gin']
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  yield
-  gin.clear_config(clear_constants=True)
-
-
 def test_misspelt_binding_fails_before_any_compute(capsys):
   error = zipper_error(capsys, ['train', *TINY_FROZEN_TEXT, '--gin.train.batch_sise=3'])
   assert "'train' doesn't have a parameter named 'batch_sise'" in error

@@ -15,12 +15,6 @@ from zipper_jax.run_dir import RunDir, RunMismatch, model_differences
 CLOCKED = "ZipperConfig.cross_attention_clock = {'text': 5.0, 'speech': 1.0}"
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  yield
-  gin.clear_config(clear_constants=True)
-
-
 def written_run(tmp_path, *bindings, vocabularies=None):
   """A run directory as `zipper train` leaves one before its first step (config.gin and
   vocabularies), for the experiment of `synthetic_tasks`; returns (experiment, run)."""

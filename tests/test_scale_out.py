@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,14 +57,10 @@ def test_every_mesh_trains_the_same_model_and_its_checkpoint_restores_onto_other
 
 
 def test_layout_is_printed_for_a_pod_without_one(capsys):
-  gin.clear_config(clear_constants=True)
-  try:
-    main.main(['layout', '--gin_file=gin/models/zipper_s.gin',
-               '--gin_file=gin/runs/zipper_frozen_text.gin',
-               "--gin.TASK_FEATURE_LENGTHS={'speech': 256, 'text': 64}",
-               '--gin.Partitioner.mesh_shape=(1, -1, 4)', '--gin.print_layout.num_devices=256'])
-  finally:
-    gin.clear_config(clear_constants=True)
+  main.main(['layout', '--gin_file=gin/models/zipper_s.gin',
+             '--gin_file=gin/runs/zipper_frozen_text.gin',
+             "--gin.TASK_FEATURE_LENGTHS={'speech': 256, 'text': 64}",
+             '--gin.Partitioner.mesh_shape=(1, -1, 4)', '--gin.print_layout.num_devices=256'])
   table = capsys.readouterr().out
   assert table.startswith('mesh: data=1, fsdp=64, tensor=4 (256 devices)')
   row = next(line for line in table.splitlines() if line.startswith('text/blocks/mlp/gate'))
@@ -104,15 +99,10 @@ def test_a_parameter_that_does_not_divide_its_axis_is_refused_by_name(tmp_path, 
   assert "text/blocks/attention/key/kernel dimension 2 ('kv_heads') of size 3" in str(error.value)
   assert not (tmp_path / 'run').exists()  # refused before anything is written
 
-  gin.clear_config(clear_constants=True)
-  try:
-    line = zipper_error(capsys, [
-        'layout', '--gin_file=gin/models/zipper_s.gin',
-        '--gin_file=gin/runs/zipper_frozen_text.gin',
-        "--gin.TASK_FEATURE_LENGTHS={'speech': 256, 'text': 64}",
-        '--gin.Partitioner.mesh_shape=(1, -1, 5)', '--gin.print_layout.num_devices=40'])
-  finally:
-    gin.clear_config(clear_constants=True)
+  line = zipper_error(capsys, [
+      'layout', '--gin_file=gin/models/zipper_s.gin', '--gin_file=gin/runs/zipper_frozen_text.gin',
+      "--gin.TASK_FEATURE_LENGTHS={'speech': 256, 'text': 64}",
+      '--gin.Partitioner.mesh_shape=(1, -1, 5)', '--gin.print_layout.num_devices=40'])
   assert "text/blocks/attention/query/kernel dimension 2 ('heads') of size 12 does not divide " \
          "over mesh axes tensor=5 (5 devices)" in line
   assert "text/blocks/mlp/gate/kernel dimension 1 ('embed') of size 768 does not divide over " \

@@ -88,19 +88,16 @@ def test_hosts_read_disjoint_shards_that_cover_the_data(corpus):
 def test_mixture_follows_its_rates(corpus):
   gin.parse_config(['mixture_rates.asr = 3.0', 'mixture_rates.tts = 1.0',
                     'mixture_rates.text_lm = 1.0', 'mixture_rates.speech_lm = 0.0'])
-  try:
-    ds = seqio.get_mixture_or_task('asr_tts_unimodal').get_dataset(
-        None, split='train', shuffle=True, seed=3, num_epochs=None)
-    kinds = collections.Counter()
-    for ex in ds.take(2000).as_numpy_iterator():
-      if len(ex['speech']) == 0:
-        kinds['text_lm'] += 1
-      elif len(ex['text']) == 0:
-        kinds['speech_lm'] += 1
-      else:
-        kinds['asr' if ex['text_weights'].max() > 0 else 'tts'] += 1
-  finally:
-    gin.clear_config()
+  ds = seqio.get_mixture_or_task('asr_tts_unimodal').get_dataset(
+      None, split='train', shuffle=True, seed=3, num_epochs=None)
+  kinds = collections.Counter()
+  for ex in ds.take(2000).as_numpy_iterator():
+    if len(ex['speech']) == 0:
+      kinds['text_lm'] += 1
+    elif len(ex['text']) == 0:
+      kinds['speech_lm'] += 1
+    else:
+      kinds['asr' if ex['text_weights'].max() > 0 else 'tts'] += 1
   assert kinds['speech_lm'] == 0
   assert abs(kinds['asr'] / 2000 - 0.6) < 0.04 and abs(kinds['tts'] / 2000 - 0.2) < 0.04
 

@@ -3,7 +3,6 @@ no code of its own (gin/experiments/tiny_sensor_captioning.gin, `zipper predict`
 import json
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 import pytest
@@ -25,7 +24,6 @@ def sensor_run(corpus, tmp_path_factory):
               f"--gin.TEXT_VOCAB_SIZE={sensor_captions.VOCABULARIES['text'].vocab_size}",
               '--gin.train.peak_flops=1e12', '--gin.train.log_every=20']
   main.main(['train', EXPERIMENT, *bindings])
-  gin.clear_config(clear_constants=True)
   run = RunDir(model_dir)
   fresh = nn.unbox(jax.jit(run.model.init)(
       jax.random.key(0), batch.dummy_batch(run.model.towers, run.task_feature_lengths, 16)))

@@ -4,7 +4,6 @@ import os
 import shutil
 
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
 import optax
@@ -26,9 +25,6 @@ ONE_DEVICE = partitioning.Partitioner((1, 1, 1), num_devices=1)  # tests of shar
 
 
 def run(model_dir, steps, model=ZIPPER, task='toy_asr', **overrides):
-  # Trained from Python: no gin binding that an earlier test in this worker left (a MODEL in the
-  # run's config.gin would be checked against `model` on resuming).
-  gin.clear_config(clear_constants=True)
   kwargs = dict(model_dir=str(model_dir), mixture_or_task_name=task,
                 task_feature_lengths=LENGTHS, train_steps=steps, batch_size=16,
                 optimizer=optimizer.adamw, learning_rate=optax.constant_schedule(3e-3), log_every=5,
