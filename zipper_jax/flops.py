@@ -9,6 +9,7 @@ one 3x.
 """
 from __future__ import annotations
 
+import functools
 import time
 from typing import Iterable, Mapping
 
@@ -67,9 +68,11 @@ def zipping_train_flops(zipper: ZipperConfig, lengths: Mapping[str, int]) -> int
   return 3 * zipping_forward_flops(zipper, lengths)
 
 
+@functools.cache
 def measure_peak_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
   """FLOP/s of a large jitted matmul on the default device: the practical peak MFU is taken
-  against when none is configured (on a CPU, where no datasheet figure applies)."""
+  against when none is configured (on a CPU, where no datasheet figure applies). Measured once a
+  process: the runs a driver trains one after another report MFU against the same peak."""
   x = jnp.ones((size, size), dtype)
   matmul = jax.jit(lambda a: a @ a)
   matmul(x).block_until_ready()
