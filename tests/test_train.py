@@ -1,7 +1,9 @@
 import dataclasses
 import logging
 import os
+import re
 import shutil
+import time
 
 import flax.linen as nn
 import jax
@@ -64,6 +66,23 @@ def test_training_learns_and_leaves_the_frozen_tower_alone(tmp_path):
   assert not jax.tree.leaves(state.params['text'])  # no trainable copy, so no optimizer state
   assert np.any(state.all_params['speech']['blocks']['mlp']['up']['kernel'] !=
                 fresh_params(ZIPPER)['speech']['blocks']['mlp']['up']['kernel'])
+
+
+def test_a_logged_window_includes_waiting_for_its_steps(tmp_path, monkeypatch, capsys):
+  """Steps are dispatched ahead of the device; the time their metrics take to arrive (here 2 s
+  for steps 3-4) belongs to their window, not the next."""
+  check_finite = train._check_finite
+
+  def slow_device(pending, *args):
+    if pending and pending[-1][0] == 4:
+      time.sleep(2)
+    return check_finite(pending, *args)
+
+  monkeypatch.setattr(train, '_check_finite', slow_device)
+  run(tmp_path, 6, log_every=2, checkpoint_every=100)
+  rates = [float(r) for r in re.findall(r'steps_per_sec (\S+)', capsys.readouterr().out)]
+  assert len(rates) == 3
+  assert rates[1] < 1 < rates[2]  # two steps in over 2 s; then two unhindered ones
 
 
 @pytest.mark.parametrize('position', ['saved', 'lost'])

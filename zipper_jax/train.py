@@ -169,8 +169,10 @@ def train(model: Model = gin.REQUIRED, *,
         pending.append((step, metrics))
         progress.update(1)
         if step % log_every == 0 or step == train_steps:
-          elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+          # Steps run asynchronously: the window ends once its metrics are fetched, i.e. its
+          # steps are done, not when the last one was dispatched.
           summary = _check_finite(pending, checkpointer, last_good)
+          elapsed, tick = time.perf_counter() - tick, time.perf_counter()
           rate = len(pending) / elapsed
           pending = []
           summary |= {'steps_per_sec': rate,
