@@ -52,7 +52,7 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
   recordings.mkdir()
   clip = tmp_path / 'corpus' / json.loads(
       (tmp_path / 'corpus' / 'manifest' / 'test_other.jsonl').read_text().splitlines()[0])['audio']
-  (recordings / 'clip-1.wav').write_bytes(clip.read_bytes())
+  (recordings / 'clip-1.flac').write_bytes(clip.read_bytes())
   (recordings / 'transcription').write_text('<s> some words </s> (clip-1)\n')
   out = run('zipper_jax.speech.paper', f'--workdir={tmp_path}', f'--out={tmp_path / "paper"}',
             f'--corpus_size={json.dumps(MICRO)}', '--steps=3', '--batch_size=4',
@@ -83,3 +83,24 @@ def test_a_grid_without_100_and_a_smaller_size_is_refused(fractions, capsys):
     paper.main([f'--aligned_fractions={fractions}'])
   assert exit.value.code == 2
   assert 'argument --aligned_fractions:' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('files,problem', [
+    (None, 'no such folder'),
+    ({}, 'holds no audio files'),
+    ({'clip-1.flac': ''}, 'has no Sphinx `transcription` file'),
+    ({'clip-1.flac': '', 'clip-2.wav': '', 'transcription': '<s> words </s> (clip-1)\n'},
+     'has no reference for'),
+])
+def test_recorded_speech_is_checked_before_any_training(files, problem, tmp_path, capsys):
+  recordings = tmp_path / 'recordings'
+  if files is not None:
+    recordings.mkdir()
+    for name, text in files.items():
+      (recordings / name).write_text(text)
+  with pytest.raises(SystemExit) as exit:
+    paper.main([f'--workdir={tmp_path / "runs"}', f'--real_speech_dir={recordings}'])
+  assert exit.value.code == 2
+  error = capsys.readouterr().err
+  assert 'argument --real_speech_dir:' in error and problem in error, error
+  assert not (tmp_path / 'runs').exists()

@@ -41,6 +41,15 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
   return resample(wav.mean(axis=1), rate, sample_rate)
 
 
+def audio_files(directory: str) -> list[str]:
+  """The files in `directory` that libsndfile reads (by extension: .wav, .flac, .ogg, ...)."""
+  if not os.path.isdir(directory):
+    raise AudioError(f'{directory}: no such folder')
+  extensions = {f'.{name.lower()}' for name in soundfile.available_formats()}
+  return sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                if os.path.splitext(name)[1].lower() in extensions)
+
+
 def write_audio(path: str, wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
   """Writes 16-bit audio (format from the extension) whole or not at all."""
   with atomic_files.atomic_file(path) as partial:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import glob
 import os
 import platform
 import subprocess
@@ -32,8 +31,9 @@ import time
 from typing import Any, Mapping
 
 from zipper_jax import atomic_files
+from zipper_jax.errors import UserError
 from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import claims, evaluation, inference, metrics, report, stages
+from zipper_jax.speech import audio, claims, evaluation, inference, metrics, report, stages
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Recorded human speech: LibriVox clips with their transcription (Debian's pocketsphinx-testdata).
@@ -106,13 +106,39 @@ def train_grid(workdir: str, scale: Scale, text_vocab_size: int) -> tuple[str, d
   return towers['text'], runs
 
 
-def transcribe_recordings(model_dir: str, clips_dir: str, beam_size: int = 4) -> dict[str, Any]:
-  """`zipper transcribe --references` of every WAV in `clips_dir` against its `transcription`."""
-  paths = sorted(glob.glob(os.path.join(clips_dir, '*.wav')))
-  transcription = os.path.join(clips_dir, 'transcription')
-  transcripts, rates = inference.transcribe_recordings(model_dir, paths, beam_size, transcription)
-  references = metrics.references_for(paths, transcription)
-  return {'utterances': len(paths), 'beam_size': beam_size, **rates,
+@dataclasses.dataclass(frozen=True)
+class Recordings:
+  """Recorded speech to transcribe: audio files and the Sphinx `transcription` of their words."""
+  directory: str
+  paths: tuple[str, ...]
+
+  @property
+  def transcription(self) -> str:
+    return os.path.join(self.directory, 'transcription')
+
+
+def _recordings(directory: str) -> Recordings:
+  """`--real_speech_dir`, checked before any training: its audio and a reference for each."""
+  try:
+    paths = tuple(audio.audio_files(directory))
+    if not paths:
+      raise UserError(f'{directory} holds no audio files (WAV, FLAC, ...)')
+    recordings = Recordings(directory, paths)
+    if not os.path.isfile(recordings.transcription):
+      raise UserError(f'{directory} has no Sphinx `transcription` file')
+    metrics.references_for(paths, recordings.transcription)
+  except UserError as error:
+    raise argparse.ArgumentTypeError(str(error)) from None
+  return recordings
+
+
+def transcribe_recordings(model_dir: str, recordings: Recordings,
+                          beam_size: int = 4) -> dict[str, Any]:
+  """`zipper transcribe --references` of the recordings."""
+  transcripts, rates = inference.transcribe_recordings(model_dir, recordings.paths, beam_size,
+                                                       recordings.transcription)
+  references = metrics.references_for(recordings.paths, recordings.transcription)
+  return {'utterances': len(recordings.paths), 'beam_size': beam_size, **rates,
           'samples': [{'reference': r, 'hypothesis': h}
                       for r, h in zip(references[:3], transcripts[:3])]}
 
@@ -248,9 +274,12 @@ def main(argv=None) -> None:
   parser.add_argument('--aligned_fractions', type=_fractions, default=tuple(FRACTIONS),
                       help='the aligned-data sizes of the grid: 1 and one or more of '
                            f'{", ".join(map(str, sorted(FRACTIONS)[:-1]))} (comma-separated)')
-  parser.add_argument('--real_speech_dir', default=REAL_SPEECH_DIR,
-                      help='recorded speech to transcribe: WAVs and a Sphinx `transcription`')
+  parser.add_argument('--real_speech_dir', type=_recordings,
+                      help='recorded speech to transcribe: audio files and a Sphinx '
+                           f'`transcription` (default: {REAL_SPEECH_DIR}, where installed)')
   args = parser.parse_args(argv)
+  if args.real_speech_dir is None and os.path.isdir(REAL_SPEECH_DIR):
+    args.real_speech_dir = _recordings(REAL_SPEECH_DIR)
   scale = SCALES[args.scale]
   if args.steps:
     scale = dataclasses.replace(scale, pretrain_steps=dict.fromkeys(('text', 'speech'), args.steps),
@@ -273,12 +302,12 @@ def main(argv=None) -> None:
                     reference_dir=os.path.join(args.workdir, 'tts_reference'),
                     asr_max_length_ratio=args.asr_max_length_ratio)
   real_speech = {}
-  if os.path.isdir(args.real_speech_dir):
-    stages.say(f'   recorded speech: {args.real_speech_dir}')
+  if args.real_speech_dir:
+    stages.say(f'   recorded speech: {args.real_speech_dir.directory}')
     real_speech = {name: transcribe_recordings(runs[name], args.real_speech_dir)
                    for name in SYSTEMS}
   else:
-    stages.say(f'   no recorded speech in {args.real_speech_dir} (Debian: pocketsphinx-testdata)')
+    stages.say(f'   no recorded speech in {REAL_SPEECH_DIR} (Debian: pocketsphinx-testdata)')
   stages.say(f'== 4/4 the verdicts, and the results in {args.out}')
   evals = {name: {split: RunDir(d).read_eval(split)
                   for split in (*evaluation.SPLITS, 'text_perplexity')}
