@@ -1,7 +1,7 @@
 """Preemption of a multi-process run (two processes of four devices each, as two hosts): every
 process stops at one agreed step, saves once together and exits 0, whether SIGTERM reaches all of
-them or one; resumed by a new pair of processes, the run equals one process that was never
-stopped."""
+them or one; resumed by a new pair of processes (and preempted again), the run equals one
+process that was never stopped."""
 import os
 import re
 import signal
@@ -35,14 +35,15 @@ def launch(directory, steps):
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def preempt(launcher, signal_all: bool) -> str:
-  """Waits for the run's second step, sends SIGTERM (to every process through the launcher, or
-  to one process alone); returns the output once every process has exited. A process left
-  waiting in a collective or a barrier would hang here until the timeout fails the test."""
+def preempt(launcher, after_step: int, signal_all: bool) -> str:
+  """Waits for the run to pass `after_step`, sends SIGTERM (to every process through the
+  launcher, or to one process alone); returns the output once every process has exited. A
+  process left waiting in a collective or a barrier would hang here until the timeout fails the
+  test."""
   output = []
   for line in launcher.stdout:
     output.append(line)
-    if line.startswith('step      2'):
+    if line.startswith('step ') and int(line.split()[1]) > after_step:
       break
   else:
     pytest.fail(''.join(output[-40:]))
@@ -57,24 +58,21 @@ def preempt(launcher, signal_all: bool) -> str:
 
 @pytest.mark.slow
 def test_preempted_processes_save_one_agreed_step_and_resume_like_one_run(tmp_path):
-  stopped = {}
-  for signal_all in (True, False):
-    directory = tmp_path / ('all' if signal_all else 'one')
+  """SIGTERM to one process, then the run resumed and preempted again with SIGTERM to all."""
+  directory, saved = tmp_path / 'preempted', 1
+  for signal_all in (False, True):
     launcher = launch(directory, 100_000)
-    output = preempt(launcher, signal_all)
+    output = preempt(launcher, saved, signal_all)
     assert launcher.returncode == 0, output[-3000:]
-    saved = os.listdir(directory / 'run' / 'checkpoints')
-    assert len(saved) == 1 and int(saved[0]) >= 2, saved  # one save, of a step all reached
-    assert re.search(rf'preempted: every process saves step {saved[0]}\b', output)
-    stopped[signal_all] = int(saved[0])
+    # One new save, of a step every process reached after the signal.
+    steps = sorted(int(step) for step in os.listdir(directory / 'run' / 'checkpoints'))
+    assert len(steps) == (2 if signal_all else 1) and steps[-1] > saved, steps
+    assert re.search(rf'preempted: every process saves step {steps[-1]}\b', output)
+    saved = steps[-1]
 
-  # Resumed past where it stopped, the run equals one that was never stopped.
-  target = stopped[False] + 2
-  resumed = launch(tmp_path / 'one', target)
-  output, _ = resumed.communicate(timeout=300)
-  assert resumed.returncode == 0, output[-3000:]
-  main.main(['train', f'--gin_file={experiment(tmp_path / "straight", target)}',
+  # Twice stopped and resumed, the run equals one that was never stopped.
+  main.main(['train', f'--gin_file={experiment(tmp_path / "straight", saved)}',
              f'--gin.Partitioner.num_devices={PROCESSES * DEVICES_PER_PROCESS}'])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-               checkpoints.load_params(str(tmp_path / 'one' / 'run')),
+               checkpoints.load_params(str(directory / 'run')),
                checkpoints.load_params(str(tmp_path / 'straight' / 'run')))
