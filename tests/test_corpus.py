@@ -9,6 +9,7 @@ import json
 import operator
 import os
 import shutil
+import sys
 
 import jiwer
 import numpy as np
@@ -19,6 +20,9 @@ import tensorflow_datasets as tfds
 from conftest import MICRO_CORPUS, MICRO_SEED
 from zipper_jax.speech import (audio, corpus, corpus_text, corpus_tfds, judge, parallel,
                                resynthesis, synthesis, text_normalization, unit_tokenizer)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
+import unit_purity  # noqa: E402
 
 SENTENCES = [('fortunes', f'sentence number {text_normalization.spoken_form(str(i))} is '
               'spoken here') for i in range(200)]
@@ -261,3 +265,19 @@ def test_prepare_takes_your_own_audio_and_units(micro_corpus, tmp_path):
     assert [line['text'] for line in prepared] == [line['text'] for line in built]
     assert [line.get('units') for line in prepared] == [line.get('units') for line in built]
   assert len(tfds.load(corpus_tfds.NAME, data_dir=own, split='aligned')) == MICRO_CORPUS['aligned']
+
+
+def test_unit_purity_reads_the_phones_flite_spoke_under_the_units(micro_corpus):
+  # Units that name their phone carry all of its information; shuffled ones, little.
+  phones = np.random.default_rng(0).integers(0, 40, 50_000)
+  assert unit_purity.pnmi(phones, phones) == pytest.approx(1.0)
+  assert unit_purity.pnmi(phones, np.random.default_rng(1).integers(0, 40, 50_000)) < 0.01
+  # The micro corpus, spoken again: the units of every voice but the diphone one span flite's
+  # timings.
+  result = unit_purity.main([f'--corpus={micro_corpus}', '--splits=aligned,test_clean'])
+  voices = {line['id']: line['voice'] for split in ('aligned', 'test_clean')
+            for line in corpus.read_manifest(micro_corpus, split)}
+  assert {voices[uid] for uid in result['left_out']} <= {'flite/kal16'}
+  assert result['utterances'] + len(result['left_out']) == len(voices)
+  assert result['pnmi_shuffled'] < result['pnmi'] < 1 and result['phones'] > 20
+  assert 1 / result['phones'] < result['heldout_accuracy'] < 1
