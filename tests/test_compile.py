@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from zipper_jax import main, models
+from zipper_jax import main, models, topologies
 from zipper_jax.tower import TowerConfig
 from zipper_jax.zipper import Edge, ZipperConfig
 
@@ -103,9 +103,11 @@ def test_splash_and_cudnn_compile_into_the_train_step(topology, kernel):
   """A tower's step: the kernel's own call is in the compiled program (a fallback to `chunked`
   would not be), and its temporaries grow less than the square of the length. (The Zipper's
   step compiles splash for v5e:2x2 in the fit-table test above.)"""
+  # Started with the compile-only packages on its path: the script would start itself again.
   done = subprocess.run(
       [sys.executable, 'benchmarks/attention.py', f'--topology={topology}', '--lengths=128,256',
-       '--asr_lengths='], cwd=REPO, capture_output=True, text=True, timeout=600)
+       '--asr_lengths='], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=topologies.compile_only_environment())
   assert done.returncode == 0, done.stderr[-2000:]
   results = json.loads(done.stdout)
   for result in results[kernel].values():
