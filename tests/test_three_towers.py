@@ -14,11 +14,6 @@ from zipper_jax.run_dir import RunDir
 EXPERIMENT = '--gin_file=gin/experiments/tiny_sensor_captioning.gin'
 
 
-# One xdist worker runs this module (`--dist loadgroup`), so that its module fixture
-# `sensor_run` is built once, not once a worker.
-pytestmark = pytest.mark.xdist_group('test_three_towers')
-
-
 @pytest.fixture(scope='module')
 def sensor_run(corpus, tmp_path_factory):
   """The tutorial's run, trained as a user would (one device); its parameters at step 0 and at

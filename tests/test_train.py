@@ -35,11 +35,6 @@ def run(model_dir, steps, model=ZIPPER, task='toy_asr', **overrides):
   return train.train(model, **(kwargs | overrides))
 
 
-# One xdist worker runs this module (`--dist loadgroup`), so that its module fixture
-# `ten_steps` is built once, not once a worker.
-pytestmark = pytest.mark.xdist_group('test_train')
-
-
 @pytest.fixture(scope='module')
 def ten_steps(tmp_path_factory):
   """A run trained for 10 steps (checkpoints 5 and 10) and its state; tests take copies."""
