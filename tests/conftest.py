@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices for sharding tests (set before JAX is first imported)."""
 import os
+import shutil
 import tempfile
 
 # Tests run small programs once or a few times, so what compiles fastest wins: no LLVM
@@ -115,15 +116,25 @@ MICRO_CORPUS = {'text_only': 60, 'speech_only': 30, 'aligned': 12, 'validation':
 MICRO_SEED = 3
 
 
-@pytest.fixture(scope='session')
-def micro_corpus(tmp_path_factory, worker_id):
-  """MICRO_CORPUS, built once per test session and shared by the xdist workers (read only)."""
-  from zipper_jax.speech import corpus
+def built_once(tmp_path_factory, worker_id, name, build) -> str:
+  """The directory `build(directory)` fills, built once per test session and shared by the xdist
+  workers (read only): the first worker to ask builds it, the others wait for it."""
   # Workers' temporary folders share a parent that is unique to this session.
   root = tmp_path_factory.getbasetemp()
   root = root if worker_id == 'master' else root.parent
-  with filelock.FileLock(str(root / 'micro_corpus.lock')):
-    directory = str(root / 'micro_corpus')
-    if not os.path.exists(os.path.join(directory, 'metadata.json')):
-      corpus.build(directory, MICRO_CORPUS, seed=MICRO_SEED, workers=2)
-  return directory
+  directory, done = root / name, root / f'{name}.done'
+  with filelock.FileLock(str(root / f'{name}.lock')):
+    if not done.exists():
+      shutil.rmtree(directory, ignore_errors=True)  # what a failed build left
+      build(str(directory))
+      done.touch()
+  return str(directory)
+
+
+@pytest.fixture(scope='session')
+def micro_corpus(tmp_path_factory, worker_id):
+  """MICRO_CORPUS, built once per test session."""
+  from zipper_jax.speech import corpus
+  return built_once(tmp_path_factory, worker_id, 'micro_corpus',
+                    lambda directory: corpus.build(directory, MICRO_CORPUS, seed=MICRO_SEED,
+                                                   workers=2))

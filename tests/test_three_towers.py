@@ -11,20 +11,24 @@ from jax.sharding import SingleDeviceSharding
 from zipper_jax import batch, decoding, infer, main, partitioning, train
 from zipper_jax.run_dir import RunDir
 
+from conftest import built_once
+
 EXPERIMENT = '--gin_file=gin/experiments/tiny_sensor_captioning.gin'
 
 
 @pytest.fixture(scope='module')
-def sensor_run(corpus, tmp_path_factory):
-  """The tutorial's run, trained as a user would (one device); its parameters at step 0 and at
-  the end, on that device."""
+def sensor_run(corpus, tmp_path_factory, worker_id):
+  """The tutorial's run, trained as a user would (one device) once per test session; its
+  parameters at step 0 and at the end, on that device."""
   import tasks.sensor_captions as sensor_captions  # registered over the toy corpus of `corpus`
-  model_dir = str(tmp_path_factory.mktemp('sensor') / 'run')
-  bindings = [f"--gin.MODEL_DIR='{model_dir}'", '--gin.Partitioner.num_devices=1',
-              f"--gin.TEXT_VOCAB_SIZE={sensor_captions.VOCABULARIES['text'].vocab_size}",
-              '--gin.train.peak_flops=1e12', '--gin.train.log_every=20']
-  main.main(['train', EXPERIMENT, *bindings])
-  run = RunDir(model_dir)
+
+  def train(model_dir):
+    bindings = [f"--gin.MODEL_DIR='{model_dir}'", '--gin.Partitioner.num_devices=1',
+                f"--gin.TEXT_VOCAB_SIZE={sensor_captions.VOCABULARIES['text'].vocab_size}",
+                '--gin.train.peak_flops=1e12', '--gin.train.log_every=20']
+    assert main.main(['train', EXPERIMENT, *bindings]) == 0
+
+  run = RunDir(built_once(tmp_path_factory, worker_id, 'sensor_run', train))
   fresh = nn.unbox(jax.jit(run.model.init)(
       jax.random.key(0), batch.dummy_batch(run.model.towers, run.task_feature_lengths, 16)))
   return run, fresh, run.load_params(sharding=SingleDeviceSharding(jax.devices()[0]))
