@@ -29,9 +29,11 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from zipper_jax import batch as batch_lib, configurables, flops, freezing  # noqa: E402
-from zipper_jax import models, steps  # noqa: E402
+from zipper_jax import host_memory, models, steps  # noqa: E402
 from zipper_jax.tower import TowerConfig  # noqa: E402
 from zipper_jax.zipper import ZipperConfig  # noqa: E402
+
+host_memory.keep_freed_memory()  # the trainer's allocator, as the `zipper` command sets it
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (gin shapes file, speech length, text length, default batch)

@@ -27,6 +27,10 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+from zipper_jax import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # as the `zipper` command does, before JAX starts a thread
+
 import filelock  # noqa: E402
 import gin  # noqa: E402
 import flax.linen as nn  # noqa: E402

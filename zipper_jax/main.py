@@ -51,6 +51,10 @@ def silenced_stderr(silence: bool):
     os.close(devnull)
 
 
+from zipper_jax import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # before JAX or TensorFlow starts a thread
+
 with silenced_stderr(VERBOSE_FLAG not in sys.argv and os.environ.get('ZIPPER_DEBUG') != '1'):
   import tensorflow  # noqa: F401 -- first imported here, where its notices are silenced
 
