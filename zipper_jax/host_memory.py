@@ -6,8 +6,8 @@ to hold the buffer, and an arena that cannot grow falls back to mmap whatever th
 buffer is mapped afresh at every step, faulted in page by page and unmapped again. With one
 arena, no mmap and no trimming, freed memory is kept for the next step. 300 steps of the demo's
 Zipper (`zipper train`, 2026-12-04, this project's 2-core CPU): 3.2-3.5 steps a second against
-2.3-2.6, 120 s against 148 in all, of which 19 s in the kernel against 74; the same losses; a peak
-resident size of 3.3 GB against 2.2.
+2.3-2.6; 120 s of wall time against 148 and 19 s of kernel time against 74; the same losses; a
+peak resident size of 3.3 GB against 2.2, flat over 1,000 steps.
 
 Only for processes that compute on the CPU: on an accelerator's host, a single arena would
 serialise the input pipeline's threads for no gain.
