@@ -52,7 +52,7 @@ soak: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m zipper_jax.speech.demo
 
-# The paper's grid and its claims' verdicts (about 95 minutes on 2 cores): experiments/paper/.
+# The paper's grid and its claims' verdicts (about 45 minutes on 2 cores): experiments/paper/.
 paper: $(STAMP)
 	$(PY) -m zipper_jax.speech.paper
 
