@@ -1,4 +1,5 @@
 """Test set-up: 8 fake CPU devices for sharding tests (set before JAX is first imported)."""
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -104,6 +105,16 @@ def clocked_zipper():
   """Cross-attention on a shared clock: a text token lasts three speech tokens."""
   model = Zipper(ZipperConfig({'text': TEXT, 'speech': SPEECH}, TWO_WAY,
                               cross_attention_clock={'text': 3.0, 'speech': 1.0}))
+  return model, open_gates(init(model, asr_inputs()))
+
+
+@pytest.fixture(scope='session')
+def staged_zipper():
+  """10 text blocks with 4 speech blocks: 2 scanned stages, text reading the speech input and
+  then each stage the previous stage's last speech block (SmolLM2's 30 with 12, scaled down)."""
+  towers = {'text': dataclasses.replace(TEXT, num_layers=10),
+            'speech': dataclasses.replace(SPEECH, num_layers=4)}
+  model = Zipper(ZipperConfig(towers, TWO_WAY))
   return model, open_gates(init(model, asr_inputs()))
 
 

@@ -26,7 +26,7 @@ def tts_prompt():
   return {'text': text, 'speech': speech}
 
 
-@pytest.mark.parametrize('zipper', ['two_way_zipper', 'clocked_zipper'])
+@pytest.mark.parametrize('zipper', ['two_way_zipper', 'clocked_zipper', 'staged_zipper'])
 @pytest.mark.parametrize('output, prompt', [('text', asr_prompt), ('speech', tts_prompt)])
 def test_cached_zipper_decoding_matches_recomputation(request, zipper, output, prompt):
   model, params = request.getfixturevalue(zipper)

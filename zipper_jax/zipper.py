@@ -210,8 +210,10 @@ class Zipper(nn.Module):
     cross = {edge: stacks.layer_function(self._cross_block(edge), c.towers[edge.query].remat,
                                          unrolled=not c.scan_layers) for edge in edges}
 
-    def stage(h, layers):
-      h, after_block, kv = dict(h), {}, {'tower_kv': {}, 'cross_kv': {}}
+    def stage(carry, layers):
+      h, last = carry
+      h, kv = dict(h), {'tower_kv': {}, 'cross_kv': {}}
+      after_block = {(name, -1): x for name, x in last.items()}  # the previous stage's last
       rng = lambda group, name, i: (layers[group][name][i] if name in layers[group] else None)
       for step in schedule.steps:
         if isinstance(step, wiring.Block) and step.tower in inputs:
@@ -238,14 +240,20 @@ class Zipper(nn.Module):
             h[edge.query], _ = cross[edge](params, key, h[edge.query], inputs[edge.query], None,
                                            None, cache)
       stack = lambda per_layer: jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
-      return h, jax.tree.map(stack, kv, is_leaf=lambda x: isinstance(x, list))
+      last = {name: after_block[name, schedule.blocks[name] - 1] for name in last}
+      return (h, last), jax.tree.map(stack, kv, is_leaf=lambda x: isinstance(x, list))
 
     h = {}
     for name, x in inputs.items():
       h[name] = self.towers[name].embed(x.tokens)
       if c.input_projection != 'none':
         h[name] = self.input_projections[name](h[name])
-    h, kv = jax.lax.scan(stage, h, stage_inputs, unroll=not c.scan_layers)
+    # Towers whose states before a stage's first block some cross-attention reads: the input
+    # in the first stage, the previous stage's last block in the others; carried across stages.
+    read_before = {step.edge.key for step in schedule.steps if isinstance(step, wiring.CrossLayer)
+                   and step.key_block < 0 and {step.edge.query, step.edge.key} <= inputs.keys()}
+    (h, _), kv = jax.lax.scan(stage, (h, {name: h[name] for name in read_before}), stage_inputs,
+                              unroll=not c.scan_layers)
     logits = {name: self.towers[name].logits(h[name]) for name in inputs}
     if caches is None:
       return logits, None
