@@ -2,6 +2,7 @@
 
   python benchmarks/train_step.py --config=cpu            # prints JSON
   python benchmarks/train_step.py --config=zipper_s --dtype=bfloat16 --batch=16
+  python benchmarks/train_step.py --config=smollm2_s --dtype=bfloat16 --batch=16  # SmolLM2-135M
 
 Variants: the text and speech towers alone, the Zipper with the text tower frozen, both towers
 trainable and both frozen, and the Single Decoder, all on the same ASR-shaped batch. MFU is taken
@@ -28,7 +29,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from zipper_jax import batch as batch_lib, configurables, flops, freezing  # noqa: E402
+from zipper_jax import attention, batch as batch_lib, configurables, flops, freezing  # noqa: E402
 from zipper_jax import host_memory, models, steps  # noqa: E402
 from zipper_jax.tower import TowerConfig  # noqa: E402
 from zipper_jax.zipper import ZipperConfig  # noqa: E402
@@ -38,11 +39,12 @@ host_memory.keep_freed_memory()  # the trainer's allocator, as the `zipper` comm
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (gin shapes file, speech length, text length, default batch)
 CONFIGS = {'cpu': ('tiny.gin', 128, 32, 8), 'zipper_s': ('zipper_s.gin', 256, 64, 2),
-           'zipper_l': ('zipper_l.gin', 512, 128, 8)}
+           'zipper_l': ('zipper_l.gin', 512, 128, 8),
+           'smollm2_s': ('zipper_smollm2_s.gin', 256, 64, 2)}
 
 
-def tower_configs(shapes_file: str, dtype: str, remat: str,
-                  scan_layers: bool = True) -> dict[str, TowerConfig]:
+def tower_configs(shapes_file: str, dtype: str, remat: str, scan_layers: bool = True,
+                  attention_kernel: str = 'auto') -> dict[str, TowerConfig]:
   gin.clear_config(clear_constants=True)
   gin.add_config_file_search_path(REPO)
   gin.parse_config_file(os.path.join(REPO, 'gin', 'models', shapes_file))
@@ -50,7 +52,8 @@ def tower_configs(shapes_file: str, dtype: str, remat: str,
   for name in ('text', 'speech'):
     with gin.config_scope(name):
       towers[name] = dataclasses.replace(configurables.CONFIGURED['TowerConfig'](), dtype=dtype,
-                                         remat=remat, scan_layers=scan_layers)
+                                         remat=remat, scan_layers=scan_layers,
+                                         attention_kernel=attention_kernel)
   return towers
 
 
@@ -119,6 +122,7 @@ def main(argv=None) -> dict:
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--remat', default='none')
   parser.add_argument('--unrolled', action='store_true', help='unroll the layers (no scan)')
+  parser.add_argument('--attention_kernel', default='auto', choices=attention.KERNELS)
   parser.add_argument('--variants', default='all', help='comma-separated subset')
   parser.add_argument('--peak_size', type=int, help='matmul size for the peak (default by device)')
   parser.add_argument('--speech_length', type=int, help='default by --config')
@@ -129,7 +133,8 @@ def main(argv=None) -> dict:
   speech_length = args.speech_length or speech_length
   text_length = args.text_length or text_length
   batch_size = args.batch or default_batch
-  towers = tower_configs(shapes_file, args.dtype, args.remat, not args.unrolled)
+  towers = tower_configs(shapes_file, args.dtype, args.remat, not args.unrolled,
+                         args.attention_kernel)
   lengths = {'speech': speech_length, 'text': text_length,
              'single': speech_length + text_length}
   zipper = models.ZipperModel(ZipperConfig(towers, (('text', 'speech', 1),
@@ -151,6 +156,7 @@ def main(argv=None) -> dict:
   results = {'config': args.config, 'dtype': args.dtype, 'batch': batch_size,
              'lengths': {'speech': speech_length, 'text': text_length}, 'remat': args.remat,
              'scan_layers': not args.unrolled,
+             'attention_kernel': attention.resolve(args.attention_kernel),
              'device': jax.devices()[0].device_kind, 'peak_flops_measured': peak, 'variants': {}}
   params = {}  # model -> params: the Zipper's variants share them
   for name, (model, frozen) in variants.items():
