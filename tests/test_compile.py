@@ -65,6 +65,20 @@ def test_a_program_too_big_for_the_chip_exits_with_the_shortfall(capfd):
   assert 'GiB more than the 16.00 GiB of HBM' in shortfall[0]
 
 
+
+@pytest.mark.slow
+def test_cudnn_compiles_for_sharded_recomputed_blocks(capfd):
+  """bfloat16 (cuDNN's dtype), every block recomputed in the backward pass, FSDP over two H100s
+  (the pod experiments' setting): cuDNN's own partitioning rule refused this step ("Query, key
+  and value should have same sharding"); the kernel runs per device instead."""
+  bindings = [f"{tower}/TowerConfig.{name}='{value}'" for tower in ('text', 'speech')
+              for name, value in (('dtype', 'bfloat16'), ('remat', 'full'))]
+  assert main.main(['compile', '--topology=h100:1x2', f'--gin_file={TINY}',
+                    '--gin.Partitioner.mesh_shape=(-1, 2, 1)',
+                    *(f'--gin.{b}' for b in bindings)]) == 0
+  result = last_json(capfd.readouterr().out)
+  assert result['fits'] and result['mesh'] == {'data': 1, 'fsdp': 2, 'tensor': 1}
+
 @pytest.mark.slow
 def test_the_decode_step_compiles_for_a_tpu_slice_and_is_saved(capfd, tmp_path):
   assert main.main(['compile', '--topology=v5e:2x2', f'--gin_file={TINY}', '--step=decode',

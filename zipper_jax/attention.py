@@ -222,10 +222,14 @@ def _index_order_kernel(name: str, query, key, value, visibility: Visibility, ru
 
 
 def cudnn(query, key, value, visibility: Visibility):
-  """cuDNN's causal kernel with per-row lengths: rows of one segment, padded at the end."""
+  """cuDNN's causal kernel with per-row lengths (rows of one segment, padded at the end), per
+  device over the batch and heads it holds: under a mesh, cuDNN's own partitioning rule refuses
+  the rematerialised backward pass ("Query, key and value should have same sharding")."""
   if query.dtype not in (jnp.bfloat16, jnp.float16):
     _say_once(f'attention_kernel=\'cudnn\' needs bfloat16 or float16, not {query.dtype}: it uses '
               'the chunked kernel')
+    return chunked(query, key, value, visibility)
+  if not _divides_over_mesh('cudnn', query, key):
     return chunked(query, key, value, visibility)
   segments = visibility.query_segments
   lengths = jnp.sum(segments != 0, axis=1, dtype=jnp.int32)
@@ -234,28 +238,51 @@ def cudnn(query, key, value, visibility: Visibility):
   _say_once('attention_kernel=\'cudnn\' takes batches whose rows hold one segment each; others '
             '(packed rows) use the chunked kernel')
 
-  def fused(q, k, v):
+  def per_device(q, k, v, seg):
+    lengths = jnp.sum(seg != 0, axis=1, dtype=jnp.int32)
     out = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=lengths,
                                        key_value_seq_lengths=lengths, implementation='cudnn')
-    return jnp.where((segments != 0)[:, :, None, None], out, 0)
+    return jnp.where((seg != 0)[:, :, None, None], out, 0)
 
   applies = one_segment_first & jnp.all(follows_index_order(visibility.query_positions, segments))
+  fused = lambda q, k, v: _per_device(per_device, q, k, v, segments)
   return _index_order_kernel('cudnn', query, key, value, visibility, fused, applies)
 
 
-def splash(query, key, value, visibility: Visibility):
-  """The splash kernel (causal mask by index, segment ids), per device over the batch and heads
-  it holds. Off TPUs it runs in Pallas's interpreter (slow: for tests)."""
+def _divides_over_mesh(name: str, query, key) -> bool:
+  """Whether the batch, heads and KV heads divide over the devices the rules spread them on (a
+  kernel run per device needs whole rows and heads); says once when they do not."""
   mesh = jax.sharding.get_abstract_mesh()
-  for name, x, axes in (('batch', query, ('batch',)), ('heads', query, (None, None, 'heads')),
+  for what, x, axes in (('batch', query, ('batch',)), ('heads', query, (None, None, 'heads')),
                         ('kv_heads', key, (None, None, 'kv_heads'))):
     dim = len(axes) - 1
     over = () if mesh.empty else nn.logical_to_mesh_axes(axes)[dim] or ()
     devices = math.prod(mesh.shape[a] for a in ((over,) if isinstance(over, str) else over))
     if x.shape[dim] % devices:
-      _say_once(f'attention_kernel=\'splash\': {name} of {x.shape[dim]} does not divide over '
+      _say_once(f'attention_kernel={name!r}: {what} of {x.shape[dim]} does not divide over '
                 f'{devices} devices: the chunked kernel')
-      return chunked(query, key, value, visibility)
+      return False
+  return True
+
+
+def _per_device(kernel, query, key, value, segments):
+  """`kernel(query, key, value, segments)` on each device's batch rows and heads (`shard_map`
+  over the mesh in context), or once on the whole arrays without one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return kernel(query, key, value, segments)
+  spec = lambda *axes: nn.logical_to_mesh_axes(axes)
+  return jax.shard_map(
+      kernel, in_specs=(spec('batch', None, 'heads', None), spec('batch', None, 'kv_heads', None),
+                        spec('batch', None, 'kv_heads', None), spec('batch', None)),
+      out_specs=spec('batch', None, 'heads', None), check_vma=False)(query, key, value, segments)
+
+
+def splash(query, key, value, visibility: Visibility):
+  """The splash kernel (causal mask by index, segment ids), per device over the batch and heads
+  it holds. Off TPUs it runs in Pallas's interpreter (slow: for tests)."""
+  if not _divides_over_mesh('splash', query, key):
+    return chunked(query, key, value, visibility)
   segments = visibility.query_segments
   applies = jnp.all(follows_index_order(visibility.query_positions, segments))
   run = functools.partial(_splash, segments=segments)
@@ -273,7 +300,6 @@ def _splash(query, key, value, segments):
   sizes = kernels.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                              block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
                              block_q_dq=block, block_kv_dq=block)
-  mesh = jax.sharding.get_abstract_mesh()
   interpret = _platform() != 'tpu'
 
   def per_device(q, k, v, seg):
@@ -286,16 +312,8 @@ def _splash(query, key, value, segments):
                            kernels.SegmentIds(seg, seg))
     return heads_first(out)
 
-  args = (pad_length(query), pad_length(key), pad_length(value), pad_length(segments))
-  if mesh.empty:
-    out = per_device(*args)
-  else:
-    spec = lambda *axes: nn.logical_to_mesh_axes(axes)
-    out = jax.shard_map(
-        per_device, in_specs=(spec('batch', None, 'heads', None),
-                              spec('batch', None, 'kv_heads', None),
-                              spec('batch', None, 'kv_heads', None), spec('batch', None)),
-        out_specs=spec('batch', None, 'heads', None), check_vma=False)(*args)
+  out = _per_device(per_device, pad_length(query), pad_length(key), pad_length(value),
+                    pad_length(segments))
   return jnp.where((segments != 0)[:, :, None, None], out[:, :length], 0)
 
 
