@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
+import sklearn
 
 from conftest import FAST_COMPILE
 from zipper_jax.run_dir import RunDir
@@ -70,8 +72,12 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
     assert claim['low'] <= claim['estimate'] <= claim['high']
   assert results['claims'][3]['verdict'] == 'reproduced'  # both Zipper kinds freeze the text
   assert results['real_speech']['zipper']['utterances'] == 1
-  assert results['provenance']['commit'] and results['provenance']['machine']['cpus']
+  meta = results['provenance']
+  assert meta['commit'] and meta['machine']['cpus'] and meta['machine']['cpu_model']
+  assert (meta['libraries']['jax'], meta['libraries']['scikit-learn']) == (jax.__version__,
+                                                                           sklearn.__version__)
   table = (tmp_path / 'paper' / 'results.md').read_text()
+  assert f"CPUs ({meta['machine']['cpu_model']}, cpu)" in table
   assert '## 1% of the aligned pairs' in table and '| (c) With 1%' in table
   assert '## 10% of the aligned pairs' not in table
   assert os.path.getsize(tmp_path / 'paper' / 'aligned_data.png') > 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -38,6 +39,9 @@ from zipper_jax.speech import audio, claims, evaluation, inference, metrics, rep
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Recorded human speech: LibriVox clips with their transcription (Debian's pocketsphinx-testdata).
 REAL_SPEECH_DIR = '/usr/share/pocketsphinx/test/data/librivox'
+# What the corpus (features, k-means, resynthesis, voices, judge) and the runs compute with.
+LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'scipy', 'scikit-learn', 'librosa',
+             'soxr', 'piper-tts', 'pocketsphinx', 'sentencepiece', 'seqio', 'tensorflow-cpu')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,18 +164,44 @@ def judge_claims(evals: Mapping[str, Mapping[str, Any]], low_fraction: float,
 
 
 def provenance() -> dict[str, Any]:
-  """Where the numbers came from: the commit (and whether the tree had changes), date, machine."""
+  """Where the numbers came from: the commit (and whether the tree had changes), date, machine,
+  and the versions of the libraries the corpus and the runs compute with (the same commit has
+  built different corpora on different machines)."""
   git = lambda *a: subprocess.run(['git', *a], cwd=REPO_ROOT, capture_output=True,
                                   text=True).stdout.strip()
   import jax  # the devices the runs used; imported with the runs' own settings
   with open('/proc/meminfo') as f:
     memory_kib = int(f.readline().split()[1])
+  cpu_model, vector_extensions = _cpu()
   return {'commit': git('rev-parse', 'HEAD') or None,
           'uncommitted_changes': bool(git('status', '--porcelain', '--untracked-files=no')),
           'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
           'machine': {'platform': platform.platform(), 'processor': platform.machine(),
-                      'cpus': os.cpu_count(), 'memory_gib': round(memory_kib / 2**20, 1),
-                      'devices': [d.device_kind for d in jax.devices()]}}
+                      'cpu_model': cpu_model, 'vector_extensions': vector_extensions,
+                      'cpus': os.cpu_count(),
+                      'memory_gib': round(memory_kib / 2**20, 1),
+                      'devices': [d.device_kind for d in jax.devices()]},
+          'libraries': {name: _version(name) for name in LIBRARIES}}
+
+
+def _cpu() -> tuple[str, list[str]]:
+  """The CPU's model name and its vector extensions (BLAS and XLA pick code paths by them)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      fields = dict(line.split(':', 1) for line in f if ':' in line and line.strip())
+  except OSError:
+    fields = {}
+  fields = {key.strip(): value.strip() for key, value in fields.items()}
+  vector = sorted(flag for flag in fields.get('flags', '').split()
+                  if flag.startswith(('avx', 'fma', 'amx', 'sse4')))
+  return fields.get('model name') or platform.processor(), vector
+
+
+def _version(distribution: str) -> str | None:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -195,11 +225,12 @@ def _percent(x: float) -> str:
 def markdown(results: Mapping[str, Any]) -> str:
   """results.md: the verdicts, then one table per aligned-data size."""
   meta = results['provenance']
+  machine = ', '.join([meta['machine'].get('cpu_model') or 'CPU model not recorded',
+                       *sorted(set(meta['machine']['devices']))])
   lines = ['# The paper\'s claims on the embedded corpus', '',
            f"Measured by `{results['command']}` at commit `{meta['commit']}`"
            f"{' (with uncommitted changes)' if meta['uncommitted_changes'] else ''} on "
-           f"{meta['date']}, {meta['machine']['cpus']} CPUs "
-           f"({', '.join(sorted(set(meta['machine']['devices'])))}); this invocation took "
+           f"{meta['date']}, {meta['machine']['cpus']} CPUs ({machine}); this invocation took "
            f"{results['minutes_this_invocation']:.0f} minutes (stages it reused not counted). "
            'Generated: do not edit.', '',
            '| claim | measured | estimate [95% interval] | verdict |', '|---|---|---|---|']
