@@ -257,9 +257,15 @@ def _initial_params(model: Model, rng, example, init_checkpoints,
     return partitioner.initialize(model.init, rng, example, shardings=shardings)[0]
   towers = {name: checkpoints.load_params(path, partitioner.abstract(model.pretrained_shapes(name)))
             for name, path in init_checkpoints.items()}
-  # Donated: a restored tower's buffers become the Zipper's, not a second copy of them.
-  return jax.jit(lambda r, t: model.params_from_towers(r, example, t), out_shardings=shardings,
-                 donate_argnums=1)(rng, towers)
+  # Donated: a restored tower's buffers become the Zipper's, not a second copy of them; all but
+  # those of a shape no parameter has (a Single Decoder's grown vocabulary), which JAX would
+  # warn that it could not use.
+  zip_towers = lambda r, t: model.params_from_towers(r, example, t)
+  shapes = {(x.shape, x.dtype) for x in jax.tree.leaves(jax.eval_shape(zip_towers, rng, towers))}
+  reusable = jax.tree.map(lambda x: (x.shape, x.dtype) in shapes, towers)
+  return jax.jit(lambda r, donated, kept: zip_towers(r, freezing.combine(donated, kept)),
+                 out_shardings=shardings, donate_argnums=1)(
+                     rng, *freezing.partition(towers, reusable))
 
 
 def _check_finite(pending, checkpointer, last_good) -> dict:
