@@ -9,6 +9,7 @@ import json
 import operator
 import os
 import shutil
+import subprocess
 import sys
 
 import jiwer
@@ -18,7 +19,7 @@ import soundfile
 import tensorflow_datasets as tfds
 
 from conftest import MICRO_CORPUS, MICRO_SEED
-from zipper_jax.speech import (audio, corpus, corpus_text, corpus_tfds, judge, parallel,
+from zipper_jax.speech import (audio, corpus, corpus_text, corpus_tfds, flite, judge, parallel,
                                resynthesis, synthesis, text_normalization, unit_tokenizer)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
@@ -49,6 +50,28 @@ def test_workers_start_once_for_every_map_and_keep_the_order():
   # Three maps, one pair of processes (a pool a map would show at least three).
   assert len(processes) <= 2 and os.getpid() not in processes
   assert alone == [os.getpid()]  # one job: no process started for it
+
+
+def test_workers_run_one_blas_thread_each():
+  before = os.environ.get('OPENBLAS_NUM_THREADS')
+  with parallel.Workers(2) as workers:
+    assert workers.map(os.getenv, ['OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'] * 2,
+                       'threads') == ['1'] * 4
+  assert os.environ.get('OPENBLAS_NUM_THREADS') == before
+
+
+@pytest.mark.parametrize('voice', flite.VOICES)
+def test_flite_in_process_speaks_as_the_flite_command_does(voice, tmp_path):
+  text = 'the quick brown fox jumps over seven lazy dogs'
+  for rate in (1.0, 0.85):
+    subprocess.run(['flite', '-voice', voice, '--setf', f'duration_stretch={1 / rate:.4f}',
+                    '-t', text, '-o', str(tmp_path / 'command.wav')], check=True)
+    command, command_rate = soundfile.read(tmp_path / 'command.wav', dtype='int16')
+    for _ in range(2):  # the engine's noise is reseeded: the same audio every time
+      samples, sample_rate = flite.synthesize(text, voice, rate)
+      assert sample_rate == command_rate and np.array_equal(samples, command)
+  with pytest.raises(ValueError, match='unknown flite voice'):
+    flite.synthesize(text, 'kal')
 
 
 def test_plan_is_disjoint_seeded_and_keeps_test_other_voices_unseen():

@@ -6,13 +6,10 @@ A voice is named `ENGINE/NAME` (`flite/rms`, `piper/joe`); `rate` > 1 speaks fas
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import tempfile
 
 import numpy as np
 
-from zipper_jax.speech import audio
+from zipper_jax.speech import audio, flite
 
 FLITE_VOICES = ('flite/slt', 'flite/rms', 'flite/awb', 'flite/kal16')
 PIPER_VOICES = ('piper/joe',)
@@ -29,11 +26,8 @@ def synthesize(text: str, voice: str, rate: float = 1.0) -> np.ndarray:
 
 
 def _flite(text: str, name: str, rate: float) -> np.ndarray:
-  with tempfile.TemporaryDirectory() as directory:
-    path = os.path.join(directory, 'speech.wav')
-    subprocess.run(['flite', '-voice', name, '--setf', f'duration_stretch={1 / rate:.4f}',
-                    '-t', text, '-o', path], check=True, capture_output=True)
-    return audio.read_audio(path)
+  samples, sample_rate = flite.synthesize(text, name, rate)
+  return audio.resample(samples / np.float32(32768), sample_rate)
 
 
 @functools.cache
