@@ -91,6 +91,17 @@ def test_plan_is_disjoint_seeded_and_keeps_test_other_voices_unseen():
     corpus.plan(SENTENCES, {**MICRO_CORPUS, 'text_only': len(SENTENCES) + 1 - spoken}, seed=0)
 
 
+def test_evaluation_splits_stay_when_training_splits_change_size():
+  def evaluation(splits):
+    return [u for u in corpus.plan(SENTENCES, splits, seed=0)
+            if u.split in corpus.EVALUATION_SPLITS]
+  resized = {**MICRO_CORPUS, 'text_only': MICRO_CORPUS['text_only'] + 7,
+             'aligned': MICRO_CORPUS['aligned'] - 3}
+  assert evaluation(resized) == evaluation(MICRO_CORPUS)
+  assert evaluation({**MICRO_CORPUS, 'test_clean': MICRO_CORPUS['test_clean'] + 1}) != (
+      evaluation(MICRO_CORPUS))
+
+
 def test_every_noisy_utterance_gets_its_own_noise():
   # test_other ids share their first bytes: a seed of those alone would be one noise for all.
   seeds = [corpus.noise_seed(MICRO_SEED, f'test_other-{i:06d}') for i in range(1000)]

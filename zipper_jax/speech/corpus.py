@@ -9,9 +9,9 @@ resumes where it stopped; every file is written whole or not at all). `build` ru
 writes utterances/<split>.jsonl; `prepare` runs the rest, on any audio listed there:
 
   1. sentences: `corpus_text` sources (up to the size's `max_words`), shuffled with the seed,
-     split disjointly by sentence into text_only / speech_only / aligned / validation /
-     test_clean / test_other; each utterance gets a voice and rate (and, for test_other, noise)
-     from the seed.
+     split disjointly by sentence into validation / test_clean / test_other (first, so that
+     they do not move with the training splits' sizes) and text_only / speech_only / aligned;
+     each utterance gets a voice and rate (and, for test_other, noise) from the seed.
   2. audio/<split>/<id>.flac: 16 kHz speech. Training splits and test_clean are spoken by the
      size's flite voices (`tiny`: one; the others: four, at three rates); test_other by a
      held-out Piper voice at changed rates with noise.
@@ -43,6 +43,7 @@ from zipper_jax.speech import (audio, corpus_text, corpus_tfds, parallel, resynt
                                text_normalization, tts_protocol, unit_tokenizer)
 
 SPLITS = ('text_only', 'speech_only', 'aligned', 'validation', 'test_clean', 'test_other')
+EVALUATION_SPLITS = ('validation', 'test_clean', 'test_other')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,14 +114,18 @@ def split_sizes(size: CorpusSize, available: int) -> dict[str, int]:
 def plan(sentences: Sequence[tuple[str, str]], size: str | Mapping | CorpusSize,
          seed: int) -> list[Utterance]:
   """Who says what: sentences of at most `size.max_words` words, shuffled with `seed` and cut
-  into disjoint splits; voices, rates and noise drawn from `seed` too."""
+  into disjoint splits; voices, rates and noise drawn from `seed` too. The evaluation splits
+  are cut and voiced first: a size that changes only training splits keeps its test sets, so
+  that two such corpora compare on the same utterances."""
   size = corpus_size(size)
   sentences = [(source, text) for source, text in sentences
                if len(text.split()) <= size.max_words]
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(sentences))
+  counts = split_sizes(size, len(sentences))
   utterances, start = [], 0
-  for split, count in split_sizes(size, len(sentences)).items():
+  for split in EVALUATION_SPLITS + tuple(s for s in SPLITS if s not in EVALUATION_SPLITS):
+    count = counts[split]
     for i, index in enumerate(order[start:start + count]):
       source, text = sentences[index]
       uid = f'{split}-{i:06d}'
