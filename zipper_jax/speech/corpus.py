@@ -61,7 +61,7 @@ SIZES = {
     # from as many aligned pairs as its budget can synthesise (with 4,000 it learnt them by
     # heart), and a text tower from nearly every sentence of the sources that is left (text
     # costs no synthesis). docs/paper.md compares it with the `tiny`s before it.
-    'tiny': CorpusSize({'text_only': 40000, 'speech_only': 1000, 'aligned': 20000,
+    'tiny': CorpusSize({'text_only': 14000, 'speech_only': 1000, 'aligned': 20000,
                         'validation': 100, 'test_clean': 100, 'test_other': 100},
                        voices=('flite/slt',), rates=(1.0,), max_words=10),
     'small': CorpusSize({'text_only': 30000, 'speech_only': 20000, 'aligned': 20000,
