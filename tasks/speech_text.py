@@ -15,7 +15,7 @@ prefix: the 1% subset lies inside the 10%), `validation`, `test_clean`, `test_ot
 the paper pre-trains its speech tower on unlabelled speech: on `speech_only` alone (1,000
 utterances in `tiny`) the tiny tower learnt its utterances by heart in 300 steps (training loss
 0.18), and the Zipper zipped from it transcribed worse (docs/paper.md). `text_lm` keeps to
-`text_only`, five times the aligned text.
+`text_only`.
 
 Zipper tasks carry both modalities (`text`, `speech`; an absent one is empty) and their
 interleaved layout: `text_lm`, `speech_lm`, `asr`, `tts`, with `_10pct` and `_1pct` variants of
