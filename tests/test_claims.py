@@ -75,6 +75,18 @@ def test_few_noisy_utterances_are_inconclusive():
     assert verdict.verdict == claims.INCONCLUSIVE
 
 
+def test_two_systems_no_better_than_an_empty_output_are_inconclusive():
+  # 11 and 13 errors in 10 words: the interval alone would call the first better.
+  zipper, single = evals([11] * 100, [11] * 100), evals([13] * 100, [13] * 100)
+  for judge in (claims.asr_parity, claims.tts_gain, claims.low_resource_asr):
+    verdict = judge(zipper, single)
+    assert verdict.low > 0 and verdict.verdict == claims.INCONCLUSIVE
+    assert 'empty output' in verdict.reason and '110.0%' in verdict.reason
+  # One of them below 100%: the interval decides again.
+  verdict = claims.tts_gain(evals([9] * 100, [9] * 100), single)
+  assert verdict.verdict == claims.REPRODUCED and not verdict.reason
+
+
 def test_text_preserved_is_exact():
   same = {'zipper': {'run_text_tower': 54.79, 'tower_alone': 54.79},
           'zipper_1pct': {'run_text_tower': 54.79, 'tower_alone': 54.79}}

@@ -14,8 +14,11 @@ bootstrap: utterances are resampled with replacement, the same draw for both sys
 statistic (the relative reduction of pooled WER, 1 - WER(Zipper) / WER(Single Decoder)) is taken
 on each draw; its 95% percentile interval is the uncertainty. A claim is `reproduced` when the
 whole interval supports it, `not reproduced` when the whole interval contradicts it, and
-`inconclusive` otherwise: more test utterances, or a larger difference, are needed. (d) is
-exact: the same weights give the same perplexity, so there is no interval.
+`inconclusive` otherwise: more test utterances, or a larger difference, are needed. Two systems
+that both score 100% WER or more are `inconclusive` whatever the interval: an empty output
+scores 100%, so neither conveys a word on balance, and one that inserts fewer wrong words is
+not the better speaker or transcriber the claim is about. (d) is exact: the same weights give
+the same perplexity, so there is no interval.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class Verdict:
   high: float
   verdict: str
   paper: float | None = None
+  reason: str = ''  # why a verdict is not the interval's
 
 
 def relative_reduction(ours: Sequence, theirs: Sequence, *, resamples: int = RESAMPLES,
@@ -72,9 +76,20 @@ def _above(claim: str, statement: str, measure: str, ours, theirs, threshold: fl
            paper: float | None = None) -> Verdict:
   """The claim that the relative reduction exceeds `threshold`."""
   estimate, low, high = relative_reduction(ours, theirs)
+  rates = [pooled_error_rate(errors) for errors in (ours, theirs)]
+  if min(rates) >= 1:
+    return Verdict(claim, statement, measure, estimate, low, high, INCONCLUSIVE, paper,
+                   f'neither system beats an empty output (WER {rates[0]:.1%} and '
+                   f'{rates[1]:.1%})')
   verdict = (REPRODUCED if low > threshold else NOT_REPRODUCED if high <= threshold
              else INCONCLUSIVE)
   return Verdict(claim, statement, measure, estimate, low, high, verdict, paper)
+
+
+def pooled_error_rate(word_errors: Sequence) -> float:
+  """Edits over reference words, pooled over utterances ([edits, words] each)."""
+  errors = np.asarray(word_errors, np.float64)
+  return float(errors[:, 0].sum() / max(errors[:, 1].sum(), 1))
 
 
 def asr_parity(zipper: Mapping, single: Mapping) -> Verdict:

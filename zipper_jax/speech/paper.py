@@ -240,7 +240,8 @@ def markdown(results: Mapping[str, Any]) -> str:
     estimate = f"{v['estimate']:.2e}" if v['claim'] == 'd' else _percent(v['estimate'])
     where = f", {v['split']}" if v['split'] else ''
     lines.append(f"| ({v['claim']}) {v['statement']} | {v['measure']}{where} | "
-                 f"{estimate}{interval} | **{v['verdict']}** |")
+                 f"{estimate}{interval} | **{v['verdict']}**"
+                 f"{': ' + v['reason'] if v.get('reason') else ''} |")
   lines += ['', 'Intervals: paired bootstrap over test utterances '
             f'({claims.RESAMPLES} draws); reproduced when the whole interval supports the claim, '
             'not reproduced when the whole interval contradicts it.', '']
