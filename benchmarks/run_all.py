@@ -7,6 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import attention  # noqa: E402
 import compile_time  # noqa: E402
+import corpus_build  # noqa: E402
 import data_pipeline  # noqa: E402
 import decode  # noqa: E402
 import memory  # noqa: E402
@@ -20,6 +21,7 @@ QUICK = {
     'memory': (memory, ['--lengths=128,256,512', '--batches=1,4']),
     'resume': (resume, ['--steps=100,20000']),
     'compile_time': (compile_time, []),
+    'corpus_build': (corpus_build, ['--utterances=400', '--serial_utterances=30']),
     # Every length of its contract (512-8192), one timed step each: about 10 minutes.
     'attention': (attention, ['--repeats=1']),
 }
