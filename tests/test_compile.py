@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import gin
 import pytest
 
 from zipper_jax import main, models, topologies
@@ -35,7 +36,7 @@ def test_fit_table_compiles_the_tiny_zipper_for_a_tpu_slice_and_h100s(tmp_path):
   results = json.loads((tmp_path / 'fit.json').read_text())[TINY]
   assert [r['topology'] for r in results] == ['v5e:2x2', 'h100:1x2']
   main.parse_gin([TINY], [], finalize=False)
-  model = main.configured_model()
+  model, batch_size = main.configured_model(), gin.query_parameter('%BATCH_SIZE')
   lengths = {'speech': 384, 'text': 96}
   for result, devices in zip(results, (4, 2)):
     assert FIELDS <= result.keys(), result
@@ -44,7 +45,8 @@ def test_fit_table_compiles_the_tiny_zipper_for_a_tpu_slice_and_h100s(tmp_path):
     sizes = result['bytes_per_device']
     assert 0 < sizes['params'] < sizes['total'] < result['hbm_bytes'] and sizes['temp'] > 0
     # Exact FLOPs of the step (not XLA's, which counts a scanned body once) at the chip's peak.
-    assert result['flops_per_step'] == 8 * model.train_flops_per_example(lengths, ['text'])
+    assert result['flops_per_step'] == batch_size * model.train_flops_per_example(lengths,
+                                                                                  ['text'])
     peak = {'v5e:2x2': 197e12, 'h100:1x2': 989e12}[result['topology']]
     assert result['step_seconds_at_peak'] == pytest.approx(
         result['flops_per_step'] / devices / peak)
