@@ -161,7 +161,13 @@ def build(out: str, size: str | Mapping | CorpusSize = 'tiny', seed: int = 0,
   utterances = plan(sentences, size, seed)
   to_speak = [(u.text, u.voice, u.rate, u.snr_db, noise_seed(seed, u.id), u.audio_path(out))
               for u in utterances if u.spoken and not os.path.exists(u.audio_path(out))]
-  parallel.parallel_map(synthesis.speak_to_file, to_speak, workers, 'synthesising')
+  # flite draws its excitation noise from libc's `rand()`, which a thread that onnxruntime
+  # (Piper) starts calls too, now and then: the engines speak in separate processes, or flite's
+  # audio would change at random and a corpus would not rebuild the same.
+  for engine in synthesis.ENGINES:
+    parallel.parallel_map(synthesis.speak_to_file,
+                          [job for job in to_speak if synthesis.engine(job[1]) == engine],
+                          workers, f'synthesising ({engine})')
   for split in SPLITS:
     path = os.path.join(out, 'utterances', f'{split}.jsonl')
     if not os.path.exists(path):

