@@ -10,8 +10,9 @@ import pytest
 import sklearn
 
 from conftest import FAST_COMPILE
+from zipper_jax import main as zipper_main
 from zipper_jax.run_dir import RunDir
-from zipper_jax.speech import paper
+from zipper_jax.speech import paper, stages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 100 aligned pairs: the paper's 1% is one of them.
@@ -81,6 +82,24 @@ def test_demo_runs_every_stage_then_the_paper_reuses_them(tmp_path):
   assert '## 1% of the aligned pairs' in table and '| (c) With 1%' in table
   assert '## 10% of the aligned pairs' not in table
   assert os.path.getsize(tmp_path / 'paper' / 'aligned_data.png') > 0
+
+
+def test_a_run_is_reused_or_resumed_only_with_the_config_it_recorded(tmp_path, monkeypatch):
+  trainings = []
+
+  def train(argv):  # records the config as `zipper train` does, and trains no step
+    trainings.append(argv)
+    RunDir(str(tmp_path / 'text')).write_config(zipper_main.command_config(argv))
+
+  monkeypatch.setattr(stages, '_zipper', train)
+  bindings = {'TEXT_VOCAB_SIZE': 64, 'BATCH_SIZE': None, 'TRAIN_STEPS': 3}
+  for _ in range(2):  # the second resumes: the run has not reached its last step
+    stages.train(str(tmp_path), 'text', 'tiny_text_pretrain', bindings)
+  assert len(trainings) == 2
+  with pytest.raises(SystemExit, match=r'holds a run of another config \(-TRAIN_STEPS = 3; '
+                                       r'\+TRAIN_STEPS = 4\)'):
+    stages.train(str(tmp_path), 'text', 'tiny_text_pretrain', bindings | {'TRAIN_STEPS': 4})
+  assert len(trainings) == 2
 
 
 @pytest.mark.parametrize('fractions', ['0.1,0.01', '1', '1,0.5', '1,a'])

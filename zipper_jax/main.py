@@ -65,6 +65,7 @@ from zipper_jax import ahead_of_time, batch, infer, models, partitioning  # noqa
 from zipper_jax import train as train_lib  # noqa: E402
 from zipper_jax import configurables  # noqa: E402,F401 -- registers what gin can configure
 from zipper_jax.errors import UserError  # noqa: E402
+from zipper_jax import run_dir  # noqa: E402
 from zipper_jax.run_dir import RunDir  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -199,11 +200,25 @@ def configured_model() -> models.Model | None:
     return None
 
 
-def run_gin_command(args, bindings: Sequence[str]) -> int:
+def parse_command_gin(args, bindings: Sequence[str]) -> None:
+  """Parses the gin config a `train`, `eval` or `layout` command runs with."""
   if getattr(args, 'model_dir', None):
     bindings = [*bindings, f'MODEL_DIR = {args.model_dir!r}']
   # A layout needs shapes only, not the run's directory, data or length.
   parse_gin(args.gin_file, bindings, finalize=args.command != 'layout')
+
+
+def command_config(argv: Sequence[str]) -> str:
+  """The gin config `zipper ARGV` (train, eval or layout) would run with, as a trained run's
+  config.gin records it; the caller's own gin config is left as it was."""
+  rest, bindings = split_gin_bindings(argv)
+  with run_dir.isolated_gin_config():
+    parse_command_gin(build_parser().parse_args(rest), bindings)
+    return gin.config_str()
+
+
+def run_gin_command(args, bindings: Sequence[str]) -> int:
+  parse_command_gin(args, bindings)
   initialize_distributed(args)
   if args.command == 'train':
     train_lib.train()

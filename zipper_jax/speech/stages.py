@@ -1,8 +1,10 @@
 """The stages of the speech-text drivers (`demo`, `paper`), each the `zipper` command a user would
 run, each reusing what is already finished under the work folder: the corpus build resumes, a
-run at its last step is not trained again, an evaluation of a run's last step is not redone."""
+run at its last step is not trained again (if its config is the one asked for), an evaluation of
+a run's last step is not redone."""
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from typing import Any, Mapping, Sequence
@@ -45,15 +47,30 @@ def train(workdir: str, name: str, experiment: str, bindings: Mapping[str, Any],
   workdir/name, unless a run there has reached its TRAIN_STEPS; `bindings`: gin name -> Python
   value (None: the experiment's own)."""
   run = RunDir(os.path.join(workdir, name))
-  steps = bindings.get('TRAIN_STEPS')
-  if (run.exists() and run.latest_step() == run.config.train_steps
-      and steps in (None, run.config.train_steps)):
-    say(f'   {run.path} is trained ({run.config.train_steps} steps): reused')
-    return run.path
-  _zipper(['train', f'--gin_file=gin/experiments/{experiment}.gin',
-           *(f'--gin_file={path}' for path in gin_files), f'--model_dir={run.path}',
-           *(f'--gin.{key}={value!r}' for key, value in bindings.items() if value is not None)])
+  argv = ['train', f'--gin_file=gin/experiments/{experiment}.gin',
+          *(f'--gin_file={path}' for path in gin_files), f'--model_dir={run.path}',
+          *(f'--gin.{key}={value!r}' for key, value in bindings.items() if value is not None)]
+  if run.exists():
+    _check_config(run, zipper_main.command_config(argv))
+    if run.latest_step() == run.config.train_steps:
+      say(f'   {run.path} is trained ({run.config.train_steps} steps): reused')
+      return run.path
+  _zipper(argv)
   return run.path
+
+
+def _check_config(run: RunDir, config: str) -> None:
+  """A run is reused, or resumed, only with the config it was made with: a folder from an older
+  experiment (other steps, batch or mixture) is refused, never taken for this one."""
+  with open(run.config_path) as f:
+    recorded = f.read()
+  if recorded != config:
+    changes = [line for line in difflib.unified_diff(recorded.splitlines(), config.splitlines(),
+                                                     lineterm='', n=0)
+               if line[:1] in '+-' and line[:3] not in ('+++', '---')]
+    raise SystemExit(f'stopped: {run.path} holds a run of another config ({"; ".join(changes[:6])}'
+                     f'{"; ..." if len(changes) > 6 else ""}): delete it, or give another '
+                     '--workdir')
 
 
 def evaluate(model_dir: str, tasks: Sequence[str], text_tower: str, *,
