@@ -52,8 +52,8 @@ soak: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m zipper_jax.speech.demo
 
-# The paper's grid and its claims' verdicts: experiments/paper/. On 2 cores about 46 minutes after
-# `make demo`, whose runs it reuses; 70 from nothing.
+# The paper's grid and its claims' verdicts: experiments/paper/. On 2 cores about 47 minutes after
+# `make demo`, whose runs it reuses; 76 from nothing.
 paper: $(STAMP)
 	$(PY) -m zipper_jax.speech.paper
 
