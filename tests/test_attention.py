@@ -87,6 +87,24 @@ def test_kernel_equals_reference(kernel, case):
     np.testing.assert_allclose(grad, reference_grad, atol=1e-5)
 
 
+@pytest.mark.parametrize('case', sorted(CASES))
+def test_reference_equals_jax_dot_product_attention(case):
+  """The reference's own softmax against JAX's (which XLA:CPU differentiates slowly): outputs
+  and gradients, grouped queries, and zero for a query that sees no key."""
+  make_visibility, queries, keys, heads, kv_heads = CASES[case]
+  visibility = make_visibility()
+  q, k, v = qkv(queries, keys, heads, kv_heads)
+  def jax_attention(q, k, v):
+    mask = visibility.mask()[:, None]
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return jnp.where(jnp.any(mask, axis=-1)[:, 0, :, None, None], out, 0)
+  ours = lambda q, k, v: attention.xla(q, k, v, visibility)
+  np.testing.assert_allclose(ours(q, k, v), jax_attention(q, k, v), atol=1e-5)
+  loss = lambda f: jax.jit(jax.grad(lambda *x: jnp.sum(jnp.sin(f(*x))), argnums=(0, 1, 2)))
+  for grad, expected in zip(loss(ours)(q, k, v), loss(jax_attention)(q, k, v)):
+    np.testing.assert_allclose(grad, expected, atol=1e-5)
+
+
 def test_chunked_memory_is_linear_in_length():
   """The compiled gradient's temporaries: `xla` grows with the square of the length, `chunked`
   linearly (blocks of keys, scores recomputed in the backward pass)."""

@@ -220,6 +220,17 @@ def test_per_tower_losses_follow_token_weights():
   assert float(metrics['speech/weight']) == 0 and float(metrics['speech/loss']) == 0
 
 
+def test_accuracy_counts_weighted_targets_with_the_largest_logit():
+  logits, targets, weights = loss_inputs()
+  _, metrics = losses.zipper_loss(logits, targets, weights)
+  hits = np.argmax(logits['text'], axis=-1) == targets['text']
+  expected = (hits * weights['text']).sum() / weights['text'].sum()
+  np.testing.assert_allclose(metrics['text/accuracy'], expected, rtol=1e-6)
+  # Each target made the argmax: every weighted token is a hit.
+  hit_all = {**targets, 'text': jnp.argmax(logits['text'], axis=-1)}
+  assert float(losses.zipper_loss(logits, hit_all, weights)[1]['text/accuracy']) == 1
+
+
 def test_label_smoothing_changes_the_objective_not_the_reported_loss():
   logits, targets, weights = loss_inputs()
   total, metrics = losses.zipper_loss(logits, targets, weights, label_smoothing=0.1)
