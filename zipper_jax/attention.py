@@ -85,22 +85,28 @@ def _platform() -> str:
 
 
 def xla(query, key, value, visibility: Visibility):
-  """Every score materialised, [batch, heads, queries, keys] in float32, in plain `jnp`. Not
-  `jax.nn.dot_product_attention`: XLA:CPU differentiates its grouped five-dimensional layout
-  slowly (forward and backward at the demo's speech shape, batch 4, 384 tokens, 4 heads: 20.5 ms
-  against 6.0 here, 2026-12-05), and `chunked` runs this below 512 keys, the CPU default."""
-  groups = query.shape[2] // key.shape[2]
-  key, value = (jnp.repeat(x, groups, axis=2) for x in (key, value))
-  scores = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
-  scores = jnp.where(visibility.mask()[:, None], scores * query.shape[-1] ** -0.5, -jnp.inf)
+  """Every score materialised, [batch, kv_heads, groups * queries, keys] in float32, in plain
+  `jnp`. Not `jax.nn.dot_product_attention`: XLA:CPU differentiates its grouped five-dimensional
+  layout slowly (forward and backward at the demo's speech shape, batch 4, 384 tokens, 4 heads:
+  20.5 ms against 6.0 here, 2026-12-05), and `chunked` runs this below 512 keys, the CPU default.
+  The queries sharing a KV head share its axis, so keys and values are never repeated."""
+  batch, queries, heads, head_dim = query.shape
+  kv_heads = key.shape[2]
+  groups = heads // kv_heads
+  by_kv_head = jnp.moveaxis(_grouped(query, kv_heads), 1, 3).reshape(batch, kv_heads, -1, head_dim)
+  scores = jnp.einsum('bhqd,bkhd->bhqk', by_kv_head, key, preferred_element_type=jnp.float32)
+  mask = jnp.tile(visibility.mask()[:, None], (1, 1, groups, 1))
+  scores = jnp.where(mask, scores * head_dim ** -0.5, -jnp.inf)
   # The softmax, shifted by each row's largest score (a constant to the gradient: the softmax
   # does not depend on it); a row that sees no key sums to zero and outputs zero.
   top = jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
   p = jnp.exp(scores - jnp.where(top == -jnp.inf, 0.0, top))
-  total = jnp.swapaxes(p.sum(axis=-1), 1, 2)[..., None]  # [batch, queries, heads, 1]
-  out = jnp.einsum('bhqk,bkhd->bqhd', p.astype(value.dtype), value,
+  total = p.sum(axis=-1, keepdims=True)
+  out = jnp.einsum('bhqk,bkhd->bhqd', p.astype(value.dtype), value,
                    preferred_element_type=jnp.float32)
-  return jnp.where(total > 0, out / jnp.where(total > 0, total, 1.0), 0.0).astype(query.dtype)
+  out = jnp.where(total > 0, out / jnp.where(total > 0, total, 1.0), 0.0)
+  out = jnp.moveaxis(out.reshape(batch, kv_heads, groups, queries, head_dim), 3, 1)
+  return out.reshape(batch, queries, heads, head_dim).astype(query.dtype)
 
 
 def chunked(query, key, value, visibility: Visibility, block_size: int | None = None):
