@@ -63,6 +63,9 @@ def test_speak_then_transcribe_end_to_end(run_dir, micro_corpus, tmp_path, capsy
   assert main.main(['speak', '--model_dir', run_dir, 'the old man sees a dog', '-o', out]) == 0
   wav = audio.read_audio(out)
   assert wav.size > audio.SAMPLE_RATE // 10 and np.abs(wav).max() > 0.01
+  # An untrained model speaks to its length limit, a unit longer once re-encoded than the model
+  # reads: its first 3 seconds are transcribed.
+  audio.write_audio(out, wav[:3 * audio.SAMPLE_RATE])
   capsys.readouterr()
   _, flac = utterance(micro_corpus)
   assert main.main(['transcribe', '--model_dir', run_dir, out, flac]) == 0
@@ -118,6 +121,21 @@ def test_bad_audio_fails_with_a_clear_message(run_dir, tmp_path, capsys, make, m
   assert main.main(['transcribe', '--model_dir', run_dir, path]) == 2
   error = capsys.readouterr().err
   assert path in error and message in error and 'Traceback' not in error
+
+
+def test_speech_or_text_longer_than_the_model_reads_is_refused(run_dir, micro_corpus, tmp_path,
+                                                              capsys):
+  _, path = utterance(micro_corpus)
+  long = str(tmp_path / 'long.wav')
+  audio.write_audio(long, np.tile(audio.read_audio(path), 8))  # beyond 120 units, 4.8 s
+  assert main.main(['transcribe', '--model_dir', run_dir, path, long]) == 2
+  error = capsys.readouterr().err
+  assert long in error and 'more than the' in error and 'this model reads' in error
+  assert path not in error
+  text = ' '.join(['the old man sees a dog'] * 30)
+  assert main.main(['speak', '--model_dir', run_dir, text, '-o', str(tmp_path / 'o.wav')]) == 2
+  assert 'text tokens, more than the' in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / 'o.wav')
 
 
 def test_tts_protocol_on_ground_truth_units_gives_the_ceiling(micro_corpus):

@@ -24,6 +24,7 @@ import numpy as np
 import seqio
 
 from zipper_jax import models
+from zipper_jax.errors import UserError
 from zipper_jax.inputs import TowerInput
 from zipper_jax.run_dir import RunDir
 from zipper_jax.speech import audio, metrics
@@ -59,9 +60,9 @@ def text_and_speech(model: models.Model, vocabs: dict[str, seqio.Vocabulary]):
 class SpeechText:
   """ASR and TTS with a trained Zipper or Single Decoder, `batch_size` utterances a call.
 
-  `lengths` are the run's TASK_FEATURE_LENGTHS: per tower for a Zipper (a prompt is cut to its
-  tower's length, and at most the other tower's length is generated), one total for the Single
-  Decoder (prompt and generated tokens share it).
+  `lengths` are the run's TASK_FEATURE_LENGTHS: per tower for a Zipper (a prompt fills at most
+  its tower's length, and at most the other tower's length is generated), one total for the
+  Single Decoder (prompt and generated tokens share it). A longer prompt is refused.
   """
 
   def __init__(self, model: models.Model, params, vocabs: dict[str, seqio.Vocabulary],
@@ -89,14 +90,36 @@ class SpeechText:
     """Units (int32 in [0, num_units)) of the speech ids among `ids`."""
     return np.asarray(self.speech.decode([i - self.offset for i in ids]), np.int32)
 
+  def prompt_room(self, modality: str) -> int:
+    """The most ids of `modality` ('speech' or 'text') a prompt holds: its tower's
+    TASK_FEATURE_LENGTHS less the start id (the Single Decoder's one sequence also keeps the
+    prompt's end id and one generated id)."""
+    if self.single:
+      return self.lengths[self.model.name] - 3
+    return self.lengths[modality] - 1
+
+  def _check_room(self, prompts: Sequence[Sequence[int]], modality: str, what: str,
+                  names: Sequence[str]) -> None:
+    """A prompt longer than the model reads is refused: cut, it would be answered in part."""
+    room = self.prompt_room(modality)
+    for name, prompt in zip(names, prompts):
+      if len(prompt) > room:
+        raise UserError(f'{name}: {len(prompt)} {what}, more than the {room} this model reads '
+                        f'(its run\'s TASK_FEATURE_LENGTHS are {self.lengths})')
+
   # ASR and TTS on ids: lists in, lists out, batched here.
-  def transcribe_units(self, unit_lists: Sequence[Sequence[int]], beam_size: int = 1) -> list[str]:
+  def transcribe_units(self, unit_lists: Sequence[Sequence[int]], beam_size: int = 1,
+                       names: Sequence[str] | None = None) -> list[str]:
     speech = [self.speech.encode([int(u) for u in units]) for units in unit_lists]
+    self._check_room(speech, 'speech', 'speech units',
+                     names or [f'utterance {i + 1}' for i in range(len(speech))])
     return [self.text_of(ids) for ids in self._batched(self._asr, speech, beam_size)]
 
   def speak_units(self, texts: Sequence[str]) -> list[np.ndarray]:
     """Speech units (int32 in [0, num_units)) for each text; empty if none were generated."""
-    generated = self._batched(self._tts, [self.text.encode(t) for t in texts], 1)
+    prompts = [self.text.encode(t) for t in texts]
+    self._check_room(prompts, 'text', 'text tokens', [repr(t) for t in texts])
+    generated = self._batched(self._tts, prompts, 1)
     return [self.units_of(ids) for ids in generated]
 
   # Audio in and out, through the run's speech tokenizer and resynthesiser.
@@ -109,7 +132,9 @@ class SpeechText:
         raise audio.AudioError(f'{name}: {len(wav) / audio.SAMPLE_RATE:.3f} s is too short to '
                                f'hold speech (under {MIN_SECONDS} s)')
     tokenizer = self.speech.tokenizer()
-    return self.transcribe_units([tokenizer.encode(wav) for wav in wavs], beam_size)
+    names = [f'{names[i] if names else f"audio {i + 1}"} ({len(wav) / audio.SAMPLE_RATE:.1f} s)'
+             for i, wav in enumerate(wavs)]
+    return self.transcribe_units([tokenizer.encode(wav) for wav in wavs], beam_size, names)
 
   def speak(self, texts: Sequence[str]) -> list[np.ndarray]:
     resynthesizer = self.speech.resynthesizer()
@@ -145,7 +170,7 @@ class SpeechText:
           [[0] + [i + self.offset for i in ids] + [self.speech.eos_id + self.offset]
            for ids in speech_ids], eos, beam_size)
     # As in training: speech inputs are [0, units...]; text starts right after them.
-    rows = [[0] + ids[:self.lengths['speech'] - 1] for ids in speech_ids]
+    rows = [[0] + ids for ids in speech_ids]
     prompt = {'speech': TowerInput.from_tokens(_right_padded(rows, self.lengths['speech']),
                                                lengths=[len(r) for r in rows]),
               'text': _start_token([len(r) for r in rows])}
@@ -155,7 +180,7 @@ class SpeechText:
     eos = self.speech.eos_id + self.offset
     if self.single:  # [0, text..., end of text], then speech
       return self._single([[0] + ids + [self.text.eos_id] for ids in text_ids], eos, beam_size)
-    rows = [[0] + ids[:self.lengths['text'] - 1] for ids in text_ids]
+    rows = [[0] + ids for ids in text_ids]
     prompt = {'text': TowerInput.from_tokens(_right_padded(rows, self.lengths['text']),
                                              lengths=[len(r) for r in rows]),
               'speech': _start_token([len(r) for r in rows])}
@@ -164,7 +189,6 @@ class SpeechText:
   def _single(self, rows: list[list[int]], eos: int, beam_size: int):
     """Left-padded prompts in the Single Decoder's one sequence of `lengths[name]` tokens."""
     total = self.lengths[self.model.name]
-    rows = [row[-(total - 1):] for row in rows]
     width = min(total - 1, PROMPT_BUCKET * math.ceil(max(map(len, rows)) / PROMPT_BUCKET))
     return self._generate(self.model.name, {self.model.name: _left_padded(rows, width)},
                           total - width, eos, beam_size)
